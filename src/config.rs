@@ -1,0 +1,97 @@
+//! [`TelemetryConfig`]: how much a logger keeps and how it hands records to publishers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::publish::dispatch::Dispatcher;
+use crate::store::{self, Record, Store};
+
+/// Settings shared by [`TelemetryLogger`](crate::TelemetryLogger),
+/// [`NetworkTelemetry`](crate::NetworkTelemetry) and [`Telemetry`](crate::Telemetry).
+///
+/// ```
+/// use std::time::Duration;
+/// use pipeline_telemetry::{TelemetryConfig, TelemetryLogger};
+///
+/// let logger = TelemetryLogger::with_config(
+///     &TelemetryConfig::default()
+///         .retention(10_000)
+///         .queue_capacity(4096)
+///         .shutdown_timeout(Duration::from_secs(2)),
+/// );
+/// assert_eq!(logger.retained_len(), 0);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    pub(crate) retention: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) shards: Option<usize>,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+/// Finished records kept for queries unless configured otherwise.
+pub const DEFAULT_RETENTION: usize = 100_000;
+/// Records each publisher's queue holds unless configured otherwise.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+/// How long dropping a logger waits for its publishers unless configured otherwise.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            retention: DEFAULT_RETENTION,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            shards: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// How many finished records to keep for queries (default [`DEFAULT_RETENTION`]). Past it
+    /// the oldest are evicted; totals (counts, retries, bytes) stay exact. `0` keeps only the
+    /// totals.
+    ///
+    /// With a retention of 8,192 or more the store is split into shards (see
+    /// [`shards`](Self::shards)) and eviction is oldest-first within each shard, which is
+    /// oldest-first overall to within a fraction of a shard; below that it is strictly
+    /// oldest-first.
+    pub fn retention(mut self, records: usize) -> Self {
+        self.retention = records;
+        self
+    }
+
+    /// How many finished records each publisher's queue holds (default
+    /// [`DEFAULT_QUEUE_CAPACITY`], at least 1). When a publisher falls this far behind, further
+    /// records are dropped for it and counted rather than making the caller wait.
+    pub fn queue_capacity(mut self, records: usize) -> Self {
+        self.queue_capacity = records.max(1);
+        self
+    }
+
+    /// How many independently locked shards the store uses, rounded down to a power of two
+    /// between 1 and 16. By default it is 16 when retention is 0 and otherwise one per 4,096
+    /// retained records, up to 16.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards.clamp(1, store::MAX_SHARDS));
+        self
+    }
+
+    /// How long dropping a logger (or replacing its publishers) waits for each publisher to
+    /// deliver what it has queued (default [`DEFAULT_SHUTDOWN_TIMEOUT`]).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn dispatcher(&self) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher::new(self.queue_capacity, self.shutdown_timeout))
+    }
+
+    pub(crate) fn store<R: Record>(&self, dispatcher: Arc<Dispatcher>) -> Store<R> {
+        let shards = self
+            .shards
+            .unwrap_or_else(|| store::default_shards(self.retention));
+        Store::new(self.retention, shards, dispatcher)
+    }
+}

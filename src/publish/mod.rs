@@ -1,0 +1,215 @@
+//! Publishing: the [`MetricsPublisher`] trait backends implement, the [`CompositePublisher`]
+//! that fans out to several, and the delivery worker that keeps publishers off the caller's
+//! thread.
+//!
+//! Every publisher attached to a logger runs behind its own [`worker`]: a bounded queue drained
+//! by a background thread. Recording a finished event only tries to enqueue it; when a queue is
+//! full the record is dropped for that publisher and counted in its [`PublisherStats`]. A
+//! publisher that errors, panics or stalls therefore affects neither the caller nor the other
+//! publishers.
+
+mod composite;
+pub(crate) mod dispatch;
+pub(crate) mod worker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use composite::CompositePublisher;
+
+use crate::record::{EventMetrics, NetworkMetrics};
+
+/// A backend that receives finished records.
+///
+/// Every method has a default that does nothing, so a publisher implements only what it uses.
+/// Methods are called from a delivery thread, never from the thread that recorded the event, so
+/// they may block (within reason: a publisher that blocks longer than its queue can absorb loses
+/// records, counted). `flush` and `shutdown` get a deadline and should return by then.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use pipeline_telemetry::{EventMetrics, MetricsPublisher, PublishError, TelemetryLogger};
+///
+/// #[derive(Default)]
+/// struct Names(Mutex<Vec<String>>);
+///
+/// impl MetricsPublisher for Names {
+///     fn name(&self) -> &str { "names" }
+///     fn publish_event_metrics(&self, m: &EventMetrics) -> Result<(), PublishError> {
+///         self.0.lock().unwrap().push(m.event_name.clone());
+///         Ok(())
+///     }
+/// }
+///
+/// let names = Arc::new(Names::default());
+/// let logger = TelemetryLogger::new();
+/// logger.add_publisher(Box::new(names.clone())).unwrap();
+/// logger.start_event("load", "t1", None).unwrap();
+/// logger.end_event("t1", None).unwrap();
+/// logger.flush(Duration::from_secs(5)).unwrap();
+/// assert_eq!(*names.0.lock().unwrap(), ["load"]);
+/// ```
+pub trait MetricsPublisher: Send {
+    /// A short name for logs and health figures, such as `"prometheus"`.
+    fn name(&self) -> &str {
+        "publisher"
+    }
+
+    /// Receives a finished event.
+    fn publish_event_metrics(&self, _metrics: &EventMetrics) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    /// Receives a finished network operation.
+    fn publish_network_metrics(&self, _metrics: &NetworkMetrics) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    /// Delivers whatever the publisher buffers, returning by `deadline`.
+    fn flush(&self, _deadline: Instant) -> Result<(), PublishError> {
+        Ok(())
+    }
+
+    /// Flushes and releases resources (threads, ports); called once, last.
+    fn shutdown(&self, deadline: Instant) -> Result<(), PublishError> {
+        self.flush(deadline)
+    }
+}
+
+impl<P: MetricsPublisher + Sync + ?Sized> MetricsPublisher for Arc<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn publish_event_metrics(&self, metrics: &EventMetrics) -> Result<(), PublishError> {
+        (**self).publish_event_metrics(metrics)
+    }
+    fn publish_network_metrics(&self, metrics: &NetworkMetrics) -> Result<(), PublishError> {
+        (**self).publish_network_metrics(metrics)
+    }
+    fn flush(&self, deadline: Instant) -> Result<(), PublishError> {
+        (**self).flush(deadline)
+    }
+    fn shutdown(&self, deadline: Instant) -> Result<(), PublishError> {
+        (**self).shutdown(deadline)
+    }
+}
+
+/// Why publishing, flushing or shutting down did not fully succeed.
+///
+/// ```
+/// use pipeline_telemetry::PublishError;
+/// let e = PublishError::backend("elasticsearch", "503 Service Unavailable");
+/// assert!(e.to_string().contains("elasticsearch"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The backend failed or refused the records.
+    Backend {
+        /// The publisher's [`name`](MetricsPublisher::name).
+        publisher: String,
+        /// What the backend or the transport said.
+        message: String,
+    },
+    /// A flush or shutdown did not finish before its deadline; records may still be queued.
+    DeadlineExceeded {
+        /// The publisher's name.
+        publisher: String,
+        /// Records still queued for it when the deadline passed.
+        queued: usize,
+    },
+    /// The publisher panicked; the panic was caught and the publisher kept.
+    Panicked {
+        /// The publisher's name.
+        publisher: String,
+        /// The panic message, when it was a string.
+        message: String,
+    },
+    /// The publisher was already shut down.
+    Closed {
+        /// The publisher's name.
+        publisher: String,
+    },
+    /// Several publishers failed (from a composite or a logger with several publishers).
+    Many(Vec<PublishError>),
+}
+
+impl PublishError {
+    /// A [`PublishError::Backend`] error.
+    pub fn backend(publisher: impl Into<String>, message: impl Into<String>) -> Self {
+        PublishError::Backend {
+            publisher: publisher.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Combines the errors of several publishers: `Ok` when there are none, the error itself
+    /// when there is one.
+    pub fn collect(mut errors: Vec<PublishError>) -> Result<(), PublishError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(PublishError::Many(errors)),
+        }
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishError::Backend { publisher, message } => {
+                write!(f, "publisher {publisher:?} failed: {message}")
+            }
+            PublishError::DeadlineExceeded { publisher, queued } => write!(
+                f,
+                "publisher {publisher:?} did not finish before the deadline with {queued} \
+                 records queued; give it a longer deadline or check that its backend is reachable"
+            ),
+            PublishError::Panicked { publisher, message } => write!(
+                f,
+                "publisher {publisher:?} panicked ({message}); the panic was contained and \
+                 other publishers were not affected"
+            ),
+            PublishError::Closed { publisher } => {
+                write!(f, "publisher {publisher:?} has been shut down")
+            }
+            PublishError::Many(errors) => {
+                write!(f, "{} publishers failed: ", errors.len())?;
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// Health figures of one attached publisher, the same for every backend.
+///
+/// ```
+/// use pipeline_telemetry::TelemetryLogger;
+/// let logger = TelemetryLogger::new();
+/// assert!(logger.publisher_stats().is_empty());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PublisherStats {
+    /// The publisher's name.
+    pub name: String,
+    /// Records handed to the publisher that it accepted.
+    pub delivered: u64,
+    /// Records dropped because the publisher's queue was full.
+    pub dropped: u64,
+    /// Records the publisher returned an error for.
+    pub errors: u64,
+    /// Calls into the publisher that panicked.
+    pub panics: u64,
+    /// Records waiting in its queue now.
+    pub queued: usize,
+}

@@ -1,0 +1,379 @@
+//! The metric records: one [`EventMetrics`] per event execution, one [`NetworkMetrics`] per
+//! network operation.
+//!
+//! These are the public, owned snapshots handed to queries and publishers. The stores keep a
+//! more compact internal form ([`EventRecord`], [`NetworkRecord`]) whose strings are shared, so
+//! that handing a finished record to a publisher costs reference-count increments, not copies.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
+
+/// The longest error message kept, in bytes. Longer messages are cut at a character boundary
+/// and end with [`TRUNCATION_MARK`].
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// What a cut error message ends with.
+pub const TRUNCATION_MARK: &str = "… [truncated]";
+
+/// Where an event execution stands.
+///
+/// Serialized as `"pending"`, `"completed"` or `"failed"`.
+///
+/// ```
+/// use pipeline_telemetry::Status;
+/// assert_eq!(Status::Failed.as_str(), "failed");
+/// assert_eq!(serde_json::to_string(&Status::Completed).unwrap(), "\"completed\"");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Started and not yet ended.
+    Pending,
+    /// Ended without an error.
+    Completed,
+    /// Ended with an error.
+    Failed,
+}
+
+impl Status {
+    /// The lower-case name used in JSON, labels and documents.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Metrics for a single event execution.
+///
+/// `start_time` and `end_time` are wall-clock times for display and export. The stores measure
+/// the duration on a monotonic clock and set `end_time = start_time + duration`, so
+/// [`duration`](Self::duration) is exact even if the wall clock jumps while the event runs.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use pipeline_telemetry::{EventMetrics, Status};
+///
+/// let start = SystemTime::now();
+/// let record = EventMetrics {
+///     event_name: "TestEvent".into(),
+///     task_id: "test-123".into(),
+///     start_time: start,
+///     end_time: Some(start + Duration::from_millis(1500)),
+///     status: Status::Completed,
+///     error: None,
+///     retry_count: 0,
+///     process_id: 1234,
+/// };
+/// assert_eq!(record.duration(), Duration::from_millis(1500));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMetrics {
+    /// Name of the event, such as the job or step it runs.
+    pub event_name: String,
+    /// Unique identifier of this execution.
+    pub task_id: String,
+    /// When the event started (wall clock).
+    pub start_time: SystemTime,
+    /// When the event ended (wall clock); `None` while pending.
+    pub end_time: Option<SystemTime>,
+    /// Pending, completed or failed.
+    pub status: Status,
+    /// The error message if the event failed.
+    pub error: Option<String>,
+    /// How many times the event was retried.
+    pub retry_count: u32,
+    /// The operating-system process that ran the event.
+    pub process_id: u32,
+}
+
+impl EventMetrics {
+    /// How long the event ran: zero while pending, and zero if `end_time` is before
+    /// `start_time` (possible only in records built by hand).
+    pub fn duration(&self) -> Duration {
+        span(self.start_time, self.end_time)
+    }
+}
+
+impl Serialize for EventMetrics {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("EventMetrics", 9)?;
+        s.serialize_field("event_name", &self.event_name)?;
+        s.serialize_field("task_id", &self.task_id)?;
+        s.serialize_field("start_time", &rfc3339(self.start_time))?;
+        s.serialize_field("end_time", &self.end_time.map(rfc3339))?;
+        s.serialize_field("duration", &self.duration().as_secs_f64())?;
+        s.serialize_field("status", &self.status)?;
+        s.serialize_field("error", &self.error)?;
+        s.serialize_field("retry_count", &self.retry_count)?;
+        s.serialize_field("process_id", &self.process_id)?;
+        s.end()
+    }
+}
+
+/// The operation name used when none is given.
+pub const DEFAULT_OPERATION: &str = "remote_call";
+
+/// Metrics for one network operation.
+///
+/// As with [`EventMetrics`], `end_time = start_time + latency` where the latency was measured on
+/// a monotonic clock. An operation failed when `error` is set.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use pipeline_telemetry::NetworkMetrics;
+///
+/// let start = SystemTime::now();
+/// let op = NetworkMetrics {
+///     end_time: Some(start + Duration::from_millis(250)),
+///     bytes_sent: 1000,
+///     bytes_received: 500,
+///     ..NetworkMetrics::new("net-1", "localhost", 8080, start)
+/// };
+/// assert_eq!(op.operation, "remote_call");
+/// assert_eq!(op.latency(), Duration::from_millis(250));
+/// assert!(!op.is_failed());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkMetrics {
+    /// Unique identifier of this operation.
+    pub task_id: String,
+    /// Remote host name or address.
+    pub host: String,
+    /// Remote port.
+    pub port: u16,
+    /// When the operation started (wall clock).
+    pub start_time: SystemTime,
+    /// When it ended (wall clock); `None` while in flight.
+    pub end_time: Option<SystemTime>,
+    /// Bytes written to the remote side.
+    pub bytes_sent: u64,
+    /// Bytes read from the remote side.
+    pub bytes_received: u64,
+    /// The error message if the operation failed.
+    pub error: Option<String>,
+    /// What kind of operation this was; [`DEFAULT_OPERATION`] unless given.
+    pub operation: String,
+}
+
+impl NetworkMetrics {
+    /// An in-flight operation with operation [`DEFAULT_OPERATION`], no bytes and no error.
+    pub fn new(
+        task_id: impl Into<String>,
+        host: impl Into<String>,
+        port: u16,
+        start_time: SystemTime,
+    ) -> Self {
+        NetworkMetrics {
+            task_id: task_id.into(),
+            host: host.into(),
+            port,
+            start_time,
+            end_time: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            error: None,
+            operation: DEFAULT_OPERATION.to_owned(),
+        }
+    }
+
+    /// How long the operation took: zero while in flight.
+    pub fn latency(&self) -> Duration {
+        span(self.start_time, self.end_time)
+    }
+
+    /// Whether the operation ended with an error.
+    pub fn is_failed(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+impl Serialize for NetworkMetrics {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("NetworkMetrics", 10)?;
+        s.serialize_field("task_id", &self.task_id)?;
+        s.serialize_field("host", &self.host)?;
+        s.serialize_field("port", &self.port)?;
+        s.serialize_field("operation", &self.operation)?;
+        s.serialize_field("start_time", &rfc3339(self.start_time))?;
+        s.serialize_field("end_time", &self.end_time.map(rfc3339))?;
+        s.serialize_field("latency", &self.latency().as_secs_f64())?;
+        s.serialize_field("bytes_sent", &self.bytes_sent)?;
+        s.serialize_field("bytes_received", &self.bytes_received)?;
+        s.serialize_field("error", &self.error)?;
+        s.end()
+    }
+}
+
+/// Formats a wall-clock time as RFC 3339 in UTC with microseconds, e.g.
+/// `2026-11-25T06:20:16.123456Z`.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let t = UNIX_EPOCH + Duration::from_micros(1_500_000);
+/// assert_eq!(pipeline_telemetry::record::rfc3339(t), "1970-01-01T00:00:01.500000Z");
+/// ```
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+fn span(start: SystemTime, end: Option<SystemTime>) -> Duration {
+    end.and_then(|end| end.duration_since(start).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Cuts an error message to [`MAX_ERROR_BYTES`] at a character boundary.
+pub(crate) fn cut_error(message: &str) -> Arc<str> {
+    if message.len() <= MAX_ERROR_BYTES {
+        return Arc::from(message);
+    }
+    let mut end = MAX_ERROR_BYTES - TRUNCATION_MARK.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut cut = String::with_capacity(end + TRUNCATION_MARK.len());
+    cut.push_str(&message[..end]);
+    cut.push_str(TRUNCATION_MARK);
+    Arc::from(cut)
+}
+
+/// Nanoseconds as a `u64`, saturating (584 years).
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The compact form of an event the store keeps. Strings are shared so a copy for a publisher
+/// is a few reference-count increments.
+#[derive(Debug, Clone)]
+pub(crate) struct EventRecord {
+    pub(crate) task_id: Arc<str>,
+    pub(crate) event_name: Arc<str>,
+    pub(crate) error: Option<Arc<str>>,
+    pub(crate) start_time: SystemTime,
+    /// Monotonic start, in nanoseconds since the store's base instant; orders records by start.
+    pub(crate) start_mono: u64,
+    /// Monotonic duration in nanoseconds; meaningful once ended.
+    pub(crate) duration_ns: u64,
+    pub(crate) retry_count: u32,
+    pub(crate) process_id: u32,
+    pub(crate) status: Status,
+}
+
+impl EventRecord {
+    pub(crate) fn to_public(&self) -> EventMetrics {
+        EventMetrics {
+            event_name: self.event_name.to_string(),
+            task_id: self.task_id.to_string(),
+            start_time: self.start_time,
+            end_time: (self.status != Status::Pending)
+                .then(|| self.start_time + Duration::from_nanos(self.duration_ns)),
+            status: self.status,
+            error: self.error.as_deref().map(str::to_owned),
+            retry_count: self.retry_count,
+            process_id: self.process_id,
+        }
+    }
+}
+
+/// The compact form of a network operation the store keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct NetworkRecord {
+    pub(crate) task_id: Arc<str>,
+    pub(crate) host: Arc<str>,
+    pub(crate) operation: Arc<str>,
+    pub(crate) error: Option<Arc<str>>,
+    pub(crate) start_time: SystemTime,
+    pub(crate) start_mono: u64,
+    pub(crate) duration_ns: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) port: u16,
+    pub(crate) ended: bool,
+}
+
+impl NetworkRecord {
+    pub(crate) fn to_public(&self) -> NetworkMetrics {
+        NetworkMetrics {
+            task_id: self.task_id.to_string(),
+            host: self.host.to_string(),
+            port: self.port,
+            start_time: self.start_time,
+            end_time: self
+                .ended
+                .then(|| self.start_time + Duration::from_nanos(self.duration_ns)),
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            error: self.error.as_deref().map(str::to_owned),
+            operation: self.operation.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_duration_is_zero_and_backwards_end_is_zero() {
+        let now = SystemTime::now();
+        let mut m = EventMetrics {
+            event_name: "e".into(),
+            task_id: "t".into(),
+            start_time: now,
+            end_time: None,
+            status: Status::Pending,
+            error: None,
+            retry_count: 0,
+            process_id: 1,
+        };
+        assert_eq!(m.duration(), Duration::ZERO);
+        m.end_time = Some(now - Duration::from_secs(1));
+        assert_eq!(m.duration(), Duration::ZERO);
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_BYTES);
+        let cut = cut_error(&long);
+        assert!(cut.len() <= MAX_ERROR_BYTES);
+        assert!(cut.ends_with(TRUNCATION_MARK));
+        assert!(cut
+            .trim_end_matches(TRUNCATION_MARK)
+            .chars()
+            .all(|c| c == 'é'));
+        assert_eq!(&*cut_error("short"), "short");
+    }
+
+    #[test]
+    fn json_has_rfc3339_times_and_numeric_duration() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400);
+        let m = EventMetrics {
+            event_name: "e".into(),
+            task_id: "t".into(),
+            start_time: start,
+            end_time: Some(start + Duration::from_millis(12)),
+            status: Status::Failed,
+            error: Some("boom".into()),
+            retry_count: 2,
+            process_id: 7,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["start_time"], "1970-01-02T00:00:00.000000Z");
+        assert_eq!(v["end_time"], "1970-01-02T00:00:00.012000Z");
+        assert_eq!(v["duration"], 0.012);
+        assert_eq!(v["status"], "failed");
+        assert_eq!(v["error"], "boom");
+        assert_eq!(v["retry_count"], 2);
+    }
+}

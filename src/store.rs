@@ -1,0 +1,398 @@
+//! The sharded record store behind [`TelemetryLogger`](crate::TelemetryLogger) and
+//! [`NetworkTelemetry`](crate::NetworkTelemetry).
+//!
+//! Records are spread over shards by a hash of their task id; each shard is a mutex over:
+//! - the in-flight records (kept until ended: their number is the caller's to bound),
+//! - the retained finished records, a ring oldest-first, with an index from task id to the
+//!   newest record of that id (so an id may be reused once its first run has ended),
+//! - exact running totals, which eviction does not touch,
+//! - its own copy of the publisher set.
+//!
+//! A start/end pair hashes once per call and takes one uncontended shard lock per call; no
+//! state is written that another shard's thread also writes, so two threads scale.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+
+use crate::error::TelemetryError;
+use crate::publish::dispatch::{Dispatcher, PublisherCache};
+use crate::publish::worker::Payload;
+
+/// What a store needs from the records it keeps.
+pub(crate) trait Record: Clone + Send + 'static {
+    /// Exact running totals over finished records.
+    type Totals: Default + Send;
+    fn task_id(&self) -> &str;
+    /// Monotonic start, used to list records in the order they started.
+    fn start_mono(&self) -> u64;
+    fn payload(&self) -> Payload;
+    fn account(totals: &mut Self::Totals, finished: &Self);
+    fn merge(into: &mut Self::Totals, from: &Self::Totals);
+}
+
+/// Above this many retained records per shard the store spreads over several shards; below it
+/// one shard keeps eviction strictly oldest-first.
+const RECORDS_PER_SHARD_MIN: usize = 4096;
+/// Shards at most: enough that threads rarely meet on one lock.
+pub(crate) const MAX_SHARDS: usize = 16;
+
+struct Shard<R: Record> {
+    in_flight: HashTable<R>,
+    finished: VecDeque<R>,
+    /// Sequence number of `finished[0]`; sequence numbers are this shard's, never reused.
+    first_seq: u64,
+    /// Task id → sequence number of the newest finished record with that id.
+    index: HashTable<u64>,
+    keep: usize,
+    totals: R::Totals,
+    publishers: PublisherCache,
+}
+
+impl<R: Record> Shard<R> {
+    fn new(keep: usize) -> Self {
+        Shard {
+            in_flight: HashTable::new(),
+            finished: VecDeque::new(),
+            first_seq: 0,
+            index: HashTable::new(),
+            keep,
+            totals: R::Totals::default(),
+            publishers: PublisherCache::default(),
+        }
+    }
+
+    fn newest_finished(&self, hash: u64, task_id: &str) -> Option<&R> {
+        let first = self.first_seq;
+        let finished = &self.finished;
+        self.index
+            .find(hash, |&seq| {
+                finished[(seq - first) as usize].task_id() == task_id
+            })
+            .map(|&seq| &finished[(seq - first) as usize])
+    }
+
+    /// Retains a finished record, evicting this shard's oldest when full.
+    fn keep(&mut self, hash: u64, record: R, hasher: &foldhash::fast::RandomState) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.finished.len() == self.keep {
+            self.evict_oldest(hasher);
+        }
+        if self.finished.len() == self.finished.capacity() {
+            // Grow by doubling but never past `keep`, so a full shard holds no spare slots.
+            let len = self.finished.len();
+            self.finished
+                .reserve_exact(len.max(8).min(self.keep - len).max(1));
+        }
+        let seq = self.first_seq + self.finished.len() as u64;
+        self.finished.push_back(record);
+        let first = self.first_seq;
+        let finished = &self.finished;
+        let task_id = finished[finished.len() - 1].task_id();
+        let found = self.index.find_entry(hash, |&s| {
+            s != seq && finished[(s - first) as usize].task_id() == task_id
+        });
+        match found {
+            Ok(mut older) => *older.get_mut() = seq,
+            Err(absent) => {
+                absent.into_table().insert_unique(hash, seq, |&s| {
+                    hasher.hash_one(finished[(s - first) as usize].task_id())
+                });
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self, hasher: &foldhash::fast::RandomState) {
+        let Some(oldest) = self.finished.pop_front() else {
+            return;
+        };
+        let seq = self.first_seq;
+        self.first_seq += 1;
+        let hash = hasher.hash_one(oldest.task_id());
+        // The index may point at a newer record with the same id; then it stays.
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == seq) {
+            entry.remove();
+        }
+    }
+}
+
+/// A sharded store of records of one kind.
+pub(crate) struct Store<R: Record> {
+    shards: Box<[CachePadded<Mutex<Shard<R>>>]>,
+    hasher: foldhash::fast::RandomState,
+    shard_mask: usize,
+    base: Instant,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl<R: Record> std::fmt::Debug for Store<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.shards.len())
+            .field("in_flight", &self.in_flight_len())
+            .field("retained", &self.retained_len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many shards a store with this retention uses, when not set explicitly.
+pub(crate) fn default_shards(retention: usize) -> usize {
+    if retention == 0 {
+        return MAX_SHARDS;
+    }
+    let wanted = (retention / RECORDS_PER_SHARD_MIN).clamp(1, MAX_SHARDS);
+    // Round down to a power of two so a mask picks the shard.
+    1 << wanted.ilog2()
+}
+
+impl<R: Record> Store<R> {
+    /// `shards` is rounded down to a power of two, at least 1.
+    pub(crate) fn new(retention: usize, shards: usize, dispatcher: Arc<Dispatcher>) -> Self {
+        let shards = 1usize << shards.max(1).ilog2();
+        let per_shard = retention / shards;
+        let extra = retention % shards;
+        Store {
+            shards: (0..shards)
+                .map(|i| {
+                    CachePadded::new(Mutex::new(Shard::new(per_shard + usize::from(i < extra))))
+                })
+                .collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            shard_mask: shards - 1,
+            base: Instant::now(),
+            dispatcher,
+        }
+    }
+
+    pub(crate) fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// Nanoseconds on the monotonic clock since this store was made.
+    #[inline]
+    pub(crate) fn mono_now(&self) -> u64 {
+        crate::record::nanos(self.base.elapsed())
+    }
+
+    #[inline]
+    fn locate(&self, task_id: &str) -> (u64, MutexGuard<'_, Shard<R>>) {
+        let hash = self.hasher.hash_one(task_id);
+        // hashbrown uses the low bits and the top seven; the shard takes bits from the middle.
+        let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
+        // A panic while holding a shard lock cannot leave a record half-written (every
+        // mutation is a single insert/remove), so a poisoned lock is safe to keep using.
+        (hash, shard.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds an in-flight record; refuses an id that is already in flight, keeping the first.
+    pub(crate) fn start(&self, record: R) -> Result<(), TelemetryError> {
+        let (hash, mut shard) = self.locate(record.task_id());
+        let id = record.task_id();
+        if shard.in_flight.find(hash, |r| r.task_id() == id).is_some() {
+            return Err(TelemetryError::AlreadyInFlight {
+                task_id: id.to_owned(),
+            });
+        }
+        let hasher = &self.hasher;
+        shard
+            .in_flight
+            .insert_unique(hash, record, |r| hasher.hash_one(r.task_id()));
+        Ok(())
+    }
+
+    /// Changes an in-flight record.
+    pub(crate) fn update<T>(
+        &self,
+        task_id: &str,
+        change: impl FnOnce(&mut R) -> T,
+    ) -> Result<T, TelemetryError> {
+        let (hash, mut shard) = self.locate(task_id);
+        match shard.in_flight.find_mut(hash, |r| r.task_id() == task_id) {
+            Some(record) => Ok(change(record)),
+            None => Err(unknown(task_id)),
+        }
+    }
+
+    /// Ends an in-flight record: `end` fills in its outcome, then it is counted, offered to
+    /// the publishers and retained.
+    pub(crate) fn finish(
+        &self,
+        task_id: &str,
+        end: impl FnOnce(&mut R),
+    ) -> Result<(), TelemetryError> {
+        let (hash, mut shard) = self.locate(task_id);
+        let shard = &mut *shard;
+        let Ok(entry) = shard.in_flight.find_entry(hash, |r| r.task_id() == task_id) else {
+            return Err(unknown(task_id));
+        };
+        let (mut record, _) = entry.remove();
+        end(&mut record);
+        R::account(&mut shard.totals, &record);
+        shard
+            .publishers
+            .offer(&self.dispatcher, || record.payload());
+        shard.keep(hash, record, &self.hasher);
+        Ok(())
+    }
+
+    /// Applies `read` to the record with this id: the in-flight one if there is one, else the
+    /// newest retained finished one.
+    pub(crate) fn get<T>(&self, task_id: &str, read: impl FnOnce(&R) -> T) -> Option<T> {
+        let (hash, shard) = self.locate(task_id);
+        shard
+            .in_flight
+            .find(hash, |r| r.task_id() == task_id)
+            .or_else(|| shard.newest_finished(hash, task_id))
+            .map(read)
+    }
+
+    /// Collects from every retained record (in flight and finished) the ones `pick` keeps,
+    /// in the order they started.
+    pub(crate) fn select<T>(&self, mut pick: impl FnMut(&R) -> Option<T>) -> Vec<T> {
+        let mut picked = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for record in shard.in_flight.iter().chain(shard.finished.iter()) {
+                if let Some(t) = pick(record) {
+                    picked.push((record.start_mono(), t));
+                }
+            }
+        }
+        picked.sort_by_key(|(start, _)| *start);
+        picked.into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// The running totals over every finished record, evicted ones included.
+    pub(crate) fn totals(&self) -> R::Totals {
+        let mut all = R::Totals::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            R::merge(&mut all, &shard.totals);
+        }
+        all
+    }
+
+    pub(crate) fn in_flight_len(&self) -> usize {
+        self.sum(|s| s.in_flight.len())
+    }
+
+    pub(crate) fn retained_len(&self) -> usize {
+        self.sum(|s| s.finished.len())
+    }
+
+    fn sum(&self, f: impl Fn(&Shard<R>) -> usize) -> usize {
+        self.shards
+            .iter()
+            .map(|s| f(&s.lock().unwrap_or_else(|p| p.into_inner())))
+            .sum()
+    }
+
+    /// Forgets every record and total (publishers stay attached).
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let keep = shard.keep;
+            *shard = Shard::new(keep);
+        }
+    }
+}
+
+fn unknown(task_id: &str) -> TelemetryError {
+    TelemetryError::UnknownTask {
+        task_id: task_id.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::EventRecord;
+    use std::time::{Duration, SystemTime};
+
+    fn record(id: &str, start: u64) -> EventRecord {
+        EventRecord {
+            task_id: Arc::from(id),
+            event_name: Arc::from("e"),
+            error: None,
+            start_time: SystemTime::now(),
+            start_mono: start,
+            duration_ns: 0,
+            retry_count: 0,
+            process_id: 1,
+            status: crate::Status::Pending,
+        }
+    }
+
+    fn store(retention: usize, shards: usize) -> Store<EventRecord> {
+        let d = Arc::new(Dispatcher::new(16, Duration::from_secs(1)));
+        Store::new(retention, shards, d)
+    }
+
+    fn finish(s: &Store<EventRecord>, id: &str, start: u64) {
+        s.start(record(id, start)).unwrap();
+        s.finish(id, |r| r.status = crate::Status::Completed)
+            .unwrap();
+    }
+
+    #[test]
+    fn one_shard_evicts_strictly_oldest_first() {
+        let s = store(3, 1);
+        for i in 0..5 {
+            finish(&s, &format!("t{i}"), i);
+        }
+        let kept: Vec<String> = s.select(|r| Some(r.task_id.to_string()));
+        assert_eq!(kept, ["t2", "t3", "t4"]);
+        assert!(s.get("t0", |_| ()).is_none());
+        assert!(s.get("t4", |_| ()).is_some());
+    }
+
+    #[test]
+    fn a_reused_id_finds_its_newest_run_and_survives_eviction_of_the_older() {
+        let s = store(2, 1);
+        finish(&s, "same", 0);
+        finish(&s, "same", 1);
+        assert_eq!(s.get("same", |r| r.start_mono), Some(1));
+        finish(&s, "other", 2); // evicts the first "same"
+        assert_eq!(s.get("same", |r| r.start_mono), Some(1));
+        finish(&s, "other2", 3); // evicts the second
+        assert_eq!(s.get("same", |r| r.start_mono), None);
+    }
+
+    #[test]
+    fn retention_is_exact_across_shards_and_capacity_is_not_exceeded() {
+        let s = store(1000, 16);
+        for i in 0..10_000 {
+            finish(&s, &format!("task-{i}"), i);
+        }
+        assert_eq!(s.retained_len(), 1000);
+        for shard in s.shards.iter() {
+            let shard = shard.lock().unwrap();
+            assert!(shard.finished.capacity() <= shard.keep.max(1));
+            assert_eq!(shard.index.len(), shard.finished.len());
+        }
+    }
+
+    #[test]
+    fn zero_retention_keeps_nothing_but_finds_in_flight() {
+        let s = store(0, 4);
+        s.start(record("a", 0)).unwrap();
+        assert!(s.get("a", |_| ()).is_some());
+        s.finish("a", |_| ()).unwrap();
+        assert!(s.get("a", |_| ()).is_none());
+        assert_eq!(s.retained_len(), 0);
+    }
+
+    #[test]
+    fn default_shards_are_one_for_small_retention() {
+        assert_eq!(default_shards(10), 1);
+        assert_eq!(default_shards(8192), 2);
+        assert_eq!(default_shards(100_000), 16);
+        assert_eq!(default_shards(0), MAX_SHARDS);
+    }
+}
