@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::publish::dispatch::Dispatcher;
+use crate::publish::dispatch::{Dispatcher, InFlight, StoreKind};
 use crate::store::{self, Record, Store};
 
 /// Settings shared by [`TelemetryLogger`](crate::TelemetryLogger),
@@ -88,10 +88,19 @@ impl TelemetryConfig {
         Arc::new(Dispatcher::new(self.queue_capacity, self.shutdown_timeout))
     }
 
-    pub(crate) fn store<R: Record>(&self, dispatcher: Arc<Dispatcher>) -> Store<R> {
+    /// A store publishing through `dispatcher`, registered with it so publishers can count
+    /// its in-flight records.
+    pub(crate) fn store<R: Record>(
+        &self,
+        kind: StoreKind,
+        dispatcher: Arc<Dispatcher>,
+    ) -> Arc<Store<R>> {
         let shards = self
             .shards
             .unwrap_or_else(|| store::default_shards(self.retention));
-        Store::new(self.retention, shards, dispatcher)
+        let store = Arc::new(Store::new(self.retention, shards, Arc::clone(&dispatcher)));
+        let weak: std::sync::Weak<dyn InFlight> = Arc::downgrade(&store) as _;
+        dispatcher.register_store(kind, weak);
+        store
     }
 }

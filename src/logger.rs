@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
-use crate::publish::dispatch::Dispatcher;
+use crate::publish::dispatch::{Dispatcher, StoreKind};
 use crate::publish::worker::Payload;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
@@ -40,7 +40,7 @@ pub const PANICKED_ERROR: &str = "the event's thread panicked before the event e
 /// ```
 #[derive(Debug)]
 pub struct TelemetryLogger {
-    store: Store<EventRecord>,
+    store: Arc<Store<EventRecord>>,
     pid: u32,
 }
 
@@ -63,7 +63,7 @@ impl TelemetryLogger {
 
     pub(crate) fn with_dispatcher(config: &TelemetryConfig, dispatcher: Arc<Dispatcher>) -> Self {
         TelemetryLogger {
-            store: config.store(dispatcher),
+            store: config.store(StoreKind::Events, dispatcher),
             pid: std::process::id(),
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
-use crate::publish::dispatch::Dispatcher;
+use crate::publish::dispatch::{Dispatcher, StoreKind};
 use crate::publish::worker::Payload;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, NetworkMetrics, NetworkRecord, DEFAULT_OPERATION};
@@ -36,7 +36,7 @@ pub const PANICKED_ERROR: &str = "the operation's thread panicked before the ope
 /// ```
 #[derive(Debug)]
 pub struct NetworkTelemetry {
-    store: Store<NetworkRecord>,
+    store: Arc<Store<NetworkRecord>>,
 }
 
 impl Default for NetworkTelemetry {
@@ -58,7 +58,7 @@ impl NetworkTelemetry {
 
     pub(crate) fn with_dispatcher(config: &TelemetryConfig, dispatcher: Arc<Dispatcher>) -> Self {
         NetworkTelemetry {
-            store: config.store(dispatcher),
+            store: config.store(StoreKind::Network, dispatcher),
         }
     }
 

@@ -20,7 +20,7 @@ use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 
 use crate::error::TelemetryError;
-use crate::publish::dispatch::{Dispatcher, PublisherCache};
+use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
 use crate::publish::worker::Payload;
 
 /// What a store needs from the records it keeps.
@@ -300,6 +300,12 @@ impl<R: Record> Store<R> {
             let keep = shard.keep;
             *shard = Shard::new(keep);
         }
+    }
+}
+
+impl<R: Record> InFlight for Store<R> {
+    fn in_flight_len(&self) -> usize {
+        Store::in_flight_len(self)
     }
 }
 

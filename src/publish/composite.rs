@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::worker::{Payload, Worker};
-use super::{MetricsPublisher, PublishError, PublisherStats};
+use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, NetworkMetrics};
 
@@ -76,6 +76,12 @@ impl CompositePublisher {
 impl MetricsPublisher for CompositePublisher {
     fn name(&self) -> &str {
         "composite"
+    }
+
+    fn on_attach(&self, health: PipelineHealth) {
+        for worker in &self.workers {
+            worker.attach(health.clone());
+        }
     }
 
     fn publish_event_metrics(&self, metrics: &EventMetrics) -> Result<(), PublishError> {

@@ -6,7 +6,7 @@
 //! moves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::worker::{Payload, Worker};
@@ -23,6 +23,21 @@ pub(crate) struct Dispatcher {
     retired_dropped: AtomicU64,
     queue_capacity: usize,
     shutdown_timeout: Duration,
+    /// The stores whose in-flight counts publishers may read; weak, as the stores own us.
+    events: Mutex<Option<Weak<dyn InFlight>>>,
+    network: Mutex<Option<Weak<dyn InFlight>>>,
+}
+
+/// A store whose in-flight records can be counted.
+pub(crate) trait InFlight: Send + Sync {
+    fn in_flight_len(&self) -> usize;
+}
+
+/// Which kind of record a store holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoreKind {
+    Events,
+    Network,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -41,7 +56,29 @@ impl Dispatcher {
             retired_dropped: AtomicU64::new(0),
             queue_capacity,
             shutdown_timeout,
+            events: Mutex::new(None),
+            network: Mutex::new(None),
         }
+    }
+
+    /// Lets publishers count the in-flight records of `store`.
+    pub(crate) fn register_store(&self, kind: StoreKind, store: Weak<dyn InFlight>) {
+        *self.source(kind).lock().unwrap_or_else(|p| p.into_inner()) = Some(store);
+    }
+
+    fn source(&self, kind: StoreKind) -> &Mutex<Option<Weak<dyn InFlight>>> {
+        match kind {
+            StoreKind::Events => &self.events,
+            StoreKind::Network => &self.network,
+        }
+    }
+
+    fn in_flight(&self, kind: StoreKind) -> u64 {
+        let source = self.source(kind).lock().unwrap_or_else(|p| p.into_inner());
+        source
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map_or(0, |store| store.in_flight_len() as u64)
     }
 
     fn current(&self) -> WorkerSet {
@@ -55,12 +92,21 @@ impl Dispatcher {
         old
     }
 
-    fn spawn(&self, publisher: Box<dyn MetricsPublisher>) -> Result<Arc<Worker>, TelemetryError> {
+    fn spawn(
+        self: &Arc<Self>,
+        publisher: Box<dyn MetricsPublisher>,
+    ) -> Result<Arc<Worker>, TelemetryError> {
+        publisher.on_attach(PipelineHealth {
+            dispatcher: Arc::downgrade(self),
+        });
         Worker::spawn(publisher, self.queue_capacity, self.shutdown_timeout).map(Arc::new)
     }
 
     /// Attaches one more publisher.
-    pub(crate) fn add(&self, publisher: Box<dyn MetricsPublisher>) -> Result<(), TelemetryError> {
+    pub(crate) fn add(
+        self: &Arc<Self>,
+        publisher: Box<dyn MetricsPublisher>,
+    ) -> Result<(), TelemetryError> {
         let worker = self.spawn(publisher)?;
         let mut guard = self.workers.lock().unwrap_or_else(|p| p.into_inner());
         let mut set = guard.to_vec();
@@ -73,7 +119,7 @@ impl Dispatcher {
     /// Replaces every publisher; the previous ones deliver what they have queued and shut down
     /// (each within the shutdown timeout).
     pub(crate) fn replace(
-        &self,
+        self: &Arc<Self>,
         publishers: Vec<Box<dyn MetricsPublisher>>,
     ) -> Result<(), TelemetryError> {
         let workers = publishers
@@ -134,6 +180,62 @@ impl Drop for Dispatcher {
     fn drop(&mut self) {
         let old = self.install(Arc::from(Vec::new()));
         self.retire(&old);
+    }
+}
+
+/// What a publisher can read about the pipeline it is attached to: the health of every
+/// publisher and the records in flight. Handed to [`MetricsPublisher::on_attach`]; reading it
+/// after the pipeline is gone gives empty figures.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use pipeline_telemetry::{MetricsPublisher, Telemetry, publish::PipelineHealth};
+///
+/// #[derive(Default)]
+/// struct Watcher(Mutex<Option<PipelineHealth>>);
+/// impl MetricsPublisher for Watcher {
+///     fn on_attach(&self, health: PipelineHealth) {
+///         *self.0.lock().unwrap() = Some(health);
+///     }
+/// }
+///
+/// let telemetry = Telemetry::new();
+/// let watcher = Arc::new(Watcher::default());
+/// telemetry.add_publisher(Box::new(watcher.clone()))?;
+/// telemetry.events.start_event("e", "t", None)?;
+/// let health = watcher.0.lock().unwrap().clone().unwrap();
+/// assert_eq!(health.events_in_flight(), 1);
+/// assert_eq!(health.publisher_stats().len(), 1);
+/// # Ok::<(), pipeline_telemetry::TelemetryError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PipelineHealth {
+    dispatcher: Weak<Dispatcher>,
+}
+
+impl PipelineHealth {
+    fn read<T: Default>(&self, f: impl FnOnce(&Dispatcher) -> T) -> T {
+        self.dispatcher.upgrade().map(|d| f(&d)).unwrap_or_default()
+    }
+
+    /// Health figures of every publisher attached to the pipeline.
+    pub fn publisher_stats(&self) -> Vec<PublisherStats> {
+        self.read(Dispatcher::stats)
+    }
+
+    /// Records dropped for any publisher because its queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.read(Dispatcher::dropped)
+    }
+
+    /// Events started and not yet ended.
+    pub fn events_in_flight(&self) -> u64 {
+        self.read(|d| d.in_flight(StoreKind::Events))
+    }
+
+    /// Network operations started and not yet ended.
+    pub fn network_in_flight(&self) -> u64 {
+        self.read(|d| d.in_flight(StoreKind::Network))
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use composite::CompositePublisher;
+pub use dispatch::PipelineHealth;
 
 use crate::record::{EventMetrics, NetworkMetrics};
 
@@ -57,6 +58,11 @@ pub trait MetricsPublisher: Send {
         "publisher"
     }
 
+    /// Called once when the publisher is attached to a logger or [`Telemetry`](crate::Telemetry),
+    /// before any record arrives, with a handle for reading the pipeline's own health (such as
+    /// records in flight and dropped) at any later time.
+    fn on_attach(&self, _health: PipelineHealth) {}
+
     /// Receives a finished event.
     fn publish_event_metrics(&self, _metrics: &EventMetrics) -> Result<(), PublishError> {
         Ok(())
@@ -81,6 +87,9 @@ pub trait MetricsPublisher: Send {
 impl<P: MetricsPublisher + Sync + ?Sized> MetricsPublisher for Arc<P> {
     fn name(&self) -> &str {
         (**self).name()
+    }
+    fn on_attach(&self, health: PipelineHealth) {
+        (**self).on_attach(health)
     }
     fn publish_event_metrics(&self, metrics: &EventMetrics) -> Result<(), PublishError> {
         (**self).publish_event_metrics(metrics)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
-use super::{MetricsPublisher, PublishError, PublisherStats};
+use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
 
@@ -31,6 +31,7 @@ type Ack = Sender<Result<(), PublishError>>;
 
 enum Message {
     Record(Payload),
+    Attach(PipelineHealth),
     Flush(Instant, Ack),
     Shutdown(Instant, Ack),
 }
@@ -99,6 +100,15 @@ impl Worker {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Passes the pipeline's health handle to the publisher, on its own thread, in order with
+    /// the records.
+    pub(crate) fn attach(&self, health: PipelineHealth) {
+        // Sent before any record can be, except into a full queue; then it waits its turn.
+        let _ = self
+            .tx
+            .send_timeout(Message::Attach(health), self.shutdown_timeout);
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -193,6 +203,12 @@ fn run(publisher: Box<dyn MetricsPublisher>, rx: Receiver<Message>, counters: &C
                         counters.errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };
+            }
+            Message::Attach(health) => {
+                let _ = contained(&name, || {
+                    publisher.on_attach(health);
+                    Ok(())
+                });
             }
             Message::Flush(deadline, ack) => {
                 let _ = ack.send(contained(&name, || publisher.flush(deadline)));
