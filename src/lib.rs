@@ -64,3 +64,8 @@ pub use telemetry::Telemetry;
 
 /// The threshold the original uses for slow events and operations: one second.
 pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(1);
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
