@@ -2,7 +2,7 @@
 //! network operation.
 //!
 //! These are the public, owned snapshots handed to queries and publishers. The stores keep a
-//! more compact internal form ([`EventRecord`], [`NetworkRecord`]) whose strings are shared, so
+//! more compact internal form whose strings are shared, so
 //! that handing a finished record to a publisher costs reference-count increments, not copies.
 
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! that fans out to several, and the delivery worker that keeps publishers off the caller's
 //! thread.
 //!
-//! Every publisher attached to a logger runs behind its own [`worker`]: a bounded queue drained
+//! Every publisher attached to a logger runs behind its own delivery worker: a bounded queue drained
 //! by a background thread. Recording a finished event only tries to enqueue it; when a queue is
 //! full the record is dropped for that publisher and counted in its [`PublisherStats`]. A
 //! publisher that errors, panics or stalls therefore affects neither the caller nor the other
