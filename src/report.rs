@@ -188,7 +188,7 @@ impl fmt::Display for Report {
             e.total, e.completed, e.failed, e.in_flight, self.dropped
         )?;
         writeln!(f, "\nFailed events ({})", self.failed_events.len())?;
-        for m in &self.failed_events {
+        for m in self.failed_events.iter().take(DISPLAY_LIMIT) {
             writeln!(
                 f,
                 "  {:<24} {:<16} {:>10}  {}",
@@ -198,6 +198,7 @@ impl fmt::Display for Report {
                 m.error.as_deref().unwrap_or("")
             )?;
         }
+        more(f, self.failed_events.len())?;
         writeln!(f, "\nSlowest events")?;
         for m in &self.slowest_events {
             writeln!(
@@ -216,7 +217,8 @@ impl fmt::Display for Report {
             r.total_retries, r.events_with_retries
         )?;
         for (count, events) in &r.events_by_retry_count {
-            writeln!(f, "  {count} retries: {events} events")?;
+            let retries = if *count == 1 { "retry" } else { "retries" };
+            writeln!(f, "  {count} {retries}: {events} events")?;
         }
         let n = &self.network;
         writeln!(
@@ -229,7 +231,7 @@ impl fmt::Display for Report {
             "\nFailed network operations ({})",
             self.failed_network_ops.len()
         )?;
-        for (id, op) in &self.failed_network_ops {
+        for (id, op) in self.failed_network_ops.iter().take(DISPLAY_LIMIT) {
             writeln!(
                 f,
                 "  {:<16} {}:{} {:<12} {}",
@@ -240,13 +242,14 @@ impl fmt::Display for Report {
                 op.error.as_deref().unwrap_or("")
             )?;
         }
+        more(f, self.failed_network_ops.len())?;
         writeln!(
             f,
             "\nSlow network operations (> {}) ({})",
             seconds(Duration::from_secs_f64(self.slow_threshold_seconds)),
             self.slow_network_ops.len()
         )?;
-        for (id, op) in &self.slow_network_ops {
+        for (id, op) in self.slow_network_ops.iter().take(DISPLAY_LIMIT) {
             writeln!(
                 f,
                 "  {:<16} {}:{} {:<12} {:>10}",
@@ -257,8 +260,18 @@ impl fmt::Display for Report {
                 seconds(op.latency())
             )?;
         }
-        Ok(())
+        more(f, self.slow_network_ops.len())
     }
+}
+
+/// Rows of each list the text form shows; the JSON form has them all.
+const DISPLAY_LIMIT: usize = 20;
+
+fn more(f: &mut fmt::Formatter<'_>, listed: usize) -> fmt::Result {
+    if listed > DISPLAY_LIMIT {
+        writeln!(f, "  … and {} more", listed - DISPLAY_LIMIT)?;
+    }
+    Ok(())
 }
 
 fn seconds(d: Duration) -> String {
