@@ -159,20 +159,20 @@ impl TelemetryLogger {
     /// Retry statistics over every event: finished ones (exact, evicted included) and those in
     /// flight.
     pub fn retry_stats(&self) -> RetryStats {
-        let mut totals = self.store.totals();
-        for in_flight in self
+        let mut pending = Vec::new();
+        let (mut totals, _) = self
             .store
-            .select(|r| (r.status == Status::Pending).then_some(r.retry_count))
-        {
-            totals.count_retries(in_flight);
+            .totals_and_in_flight(|r| pending.push(r.retry_count));
+        for retry_count in pending {
+            totals.count_retries(retry_count);
         }
         RetryStats::from_histogram(totals.total_retries, &totals.by_retry_count)
     }
 
     /// Exact counts of events: finished (evicted included) and in flight.
     pub fn counts(&self) -> EventCounts {
-        let totals = self.store.totals();
-        let in_flight = self.store.in_flight_len() as u64;
+        let (totals, in_flight) = self.store.totals_and_in_flight(|_| {});
+        let in_flight = in_flight as u64;
         EventCounts {
             total: totals.completed + totals.failed + in_flight,
             completed: totals.completed,

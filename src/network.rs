@@ -153,8 +153,8 @@ impl NetworkTelemetry {
 
     /// Exact counts and byte totals, evicted operations included.
     pub fn counts(&self) -> NetworkCounts {
-        let totals = self.store.totals();
-        let in_flight = self.store.in_flight_len() as u64;
+        let (totals, in_flight) = self.store.totals_and_in_flight(|_| {});
+        let in_flight = in_flight as u64;
         NetworkCounts {
             total: totals.succeeded + totals.failed + in_flight,
             in_flight,

@@ -268,14 +268,19 @@ impl<R: Record> Store<R> {
         picked.into_iter().map(|(_, t)| t).collect()
     }
 
-    /// The running totals over every finished record, evicted ones included.
-    pub(crate) fn totals(&self) -> R::Totals {
+    /// The running totals and the number of in-flight records, each shard read under one
+    /// lock, and `visit` applied to every in-flight record. A record ending during the call is
+    /// counted exactly once: in flight or finished.
+    pub(crate) fn totals_and_in_flight(&self, mut visit: impl FnMut(&R)) -> (R::Totals, usize) {
         let mut all = R::Totals::default();
+        let mut in_flight = 0;
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             R::merge(&mut all, &shard.totals);
+            in_flight += shard.in_flight.len();
+            shard.in_flight.iter().for_each(&mut visit);
         }
-        all
+        (all, in_flight)
     }
 
     pub(crate) fn in_flight_len(&self) -> usize {
