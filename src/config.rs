@@ -52,10 +52,11 @@ impl TelemetryConfig {
     /// the oldest are evicted; totals (counts, retries, bytes) stay exact. `0` keeps only the
     /// totals.
     ///
-    /// With a retention of 8,192 or more the store is split into shards (see
-    /// [`shards`](Self::shards)) and eviction is oldest-first within each shard, which is
-    /// oldest-first overall to within a fraction of a shard; below that it is strictly
-    /// oldest-first.
+    /// The store keeps exactly that many (threads finishing at the same instant may briefly
+    /// keep one more each). With a retention of 8,192 or more the store is split into shards
+    /// (see [`shards`](Self::shards)) and a full store evicts the oldest record of the shard
+    /// that receives the new one, which is oldest-first overall to within a fraction of a
+    /// shard; below that eviction is strictly oldest-first.
     pub fn retention(mut self, records: usize) -> Self {
         self.retention = records;
         self

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -48,19 +49,20 @@ struct Shard<R: Record> {
     first_seq: u64,
     /// Task id → sequence number of the newest finished record with that id.
     index: HashTable<u64>,
-    keep: usize,
+    /// This shard's expected share of the retention, which sizes its ring.
+    share: usize,
     totals: R::Totals,
     publishers: PublisherCache,
 }
 
 impl<R: Record> Shard<R> {
-    fn new(keep: usize) -> Self {
+    fn new(share: usize) -> Self {
         Shard {
             in_flight: HashTable::new(),
             finished: VecDeque::new(),
             first_seq: 0,
             index: HashTable::new(),
-            keep,
+            share,
             totals: R::Totals::default(),
             publishers: PublisherCache::default(),
         }
@@ -76,19 +78,31 @@ impl<R: Record> Shard<R> {
             .map(|&seq| &finished[(seq - first) as usize])
     }
 
-    /// Retains a finished record, evicting this shard's oldest when full.
-    fn keep(&mut self, hash: u64, record: R, hasher: &foldhash::fast::RandomState) {
-        if self.keep == 0 {
+    /// Retains a finished record, evicting this shard's oldest as the budget says.
+    fn keep(
+        &mut self,
+        hash: u64,
+        record: R,
+        hasher: &foldhash::fast::RandomState,
+        budget: &Budget,
+    ) {
+        if budget.limit == 0 {
             return;
         }
-        if self.finished.len() == self.keep {
+        for _ in 0..budget.evictions_before_adding(self.finished.len()) {
             self.evict_oldest(hasher);
         }
         if self.finished.len() == self.finished.capacity() {
-            // Grow by doubling but never past `keep`, so a full shard holds no spare slots.
+            // Double up to the expected share, then grow in small steps: shards fill a little
+            // unevenly, and a ring twice the size it needs would waste a record's worth of
+            // memory per record.
             let len = self.finished.len();
-            self.finished
-                .reserve_exact(len.max(8).min(self.keep - len).max(1));
+            let step = if len < self.share {
+                len.max(8).min(self.share - len)
+            } else {
+                (self.share / 16).max(8)
+            };
+            self.finished.reserve_exact(step);
         }
         let seq = self.first_seq + self.finished.len() as u64;
         self.finished.push_back(record);
@@ -122,11 +136,45 @@ impl<R: Record> Shard<R> {
     }
 }
 
+/// The retention shared by all shards: how many finished records the store keeps.
+///
+/// A shard evicts its own oldest record only once the whole store is full, so the store keeps
+/// `limit` records however unevenly the task ids hash. While the store fills, each kept record
+/// costs one atomic add; once full, a finished record replaces its shard's oldest and the
+/// counter is only read, which costs no cache-line traffic between cores.
+#[derive(Debug)]
+struct Budget {
+    limit: usize,
+    used: CachePadded<AtomicUsize>,
+}
+
+impl Budget {
+    /// How many of its oldest records a shard holding `shard_len` evicts before adding one.
+    fn evictions_before_adding(&self, shard_len: usize) -> usize {
+        let used = self.used.load(Ordering::Relaxed);
+        if used < self.limit {
+            // Two threads may both take the last slot; the overshoot is trimmed below.
+            self.used.fetch_add(1, Ordering::Relaxed);
+            0
+        } else if used > self.limit && shard_len >= 2 {
+            self.used.fetch_sub(1, Ordering::Relaxed);
+            2
+        } else if shard_len >= 1 {
+            1
+        } else {
+            // Full, but nothing here to evict: keep it, over by one until trimmed.
+            self.used.fetch_add(1, Ordering::Relaxed);
+            0
+        }
+    }
+}
+
 /// A sharded store of records of one kind.
 pub(crate) struct Store<R: Record> {
     shards: Box<[CachePadded<Mutex<Shard<R>>>]>,
     hasher: foldhash::fast::RandomState,
     shard_mask: usize,
+    budget: Budget,
     base: Instant,
     dispatcher: Arc<Dispatcher>,
 }
@@ -155,16 +203,17 @@ impl<R: Record> Store<R> {
     /// `shards` is rounded down to a power of two, at least 1.
     pub(crate) fn new(retention: usize, shards: usize, dispatcher: Arc<Dispatcher>) -> Self {
         let shards = 1usize << shards.max(1).ilog2();
-        let per_shard = retention / shards;
-        let extra = retention % shards;
+        let share = retention.div_ceil(shards);
         Store {
             shards: (0..shards)
-                .map(|i| {
-                    CachePadded::new(Mutex::new(Shard::new(per_shard + usize::from(i < extra))))
-                })
+                .map(|_| CachePadded::new(Mutex::new(Shard::new(share))))
                 .collect(),
             hasher: foldhash::fast::RandomState::default(),
             shard_mask: shards - 1,
+            budget: Budget {
+                limit: retention,
+                used: CachePadded::new(AtomicUsize::new(0)),
+            },
             base: Instant::now(),
             dispatcher,
         }
@@ -237,7 +286,7 @@ impl<R: Record> Store<R> {
         shard
             .publishers
             .offer(&self.dispatcher, || record.payload());
-        shard.keep(hash, record, &self.hasher);
+        shard.keep(hash, record, &self.hasher, &self.budget);
         Ok(())
     }
 
@@ -302,9 +351,10 @@ impl<R: Record> Store<R> {
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let keep = shard.keep;
-            *shard = Shard::new(keep);
+            let share = shard.share;
+            *shard = Shard::new(share);
         }
+        self.budget.used.store(0, Ordering::Relaxed);
     }
 }
 
@@ -376,17 +426,31 @@ mod tests {
     }
 
     #[test]
-    fn retention_is_exact_across_shards_and_capacity_is_not_exceeded() {
+    fn retention_is_exact_across_shards_and_rings_stay_near_their_size() {
         let s = store(1000, 16);
         for i in 0..10_000 {
             finish(&s, &format!("task-{i}"), i);
         }
         assert_eq!(s.retained_len(), 1000);
+        let mut capacity = 0;
         for shard in s.shards.iter() {
             let shard = shard.lock().unwrap();
-            assert!(shard.finished.capacity() <= shard.keep.max(1));
+            capacity += shard.finished.capacity();
             assert_eq!(shard.index.len(), shard.finished.len());
         }
+        assert!(capacity <= 1000 + 1000 / 4 + 16 * 8, "capacity {capacity}");
+    }
+
+    #[test]
+    fn a_store_keeps_its_whole_retention_however_ids_hash() {
+        let s = store(100_000, 16);
+        for i in 0..100_000 {
+            finish(&s, &format!("task-{i}"), i);
+        }
+        assert_eq!(s.retained_len(), 100_000);
+        assert!(s.get("task-0", |_| ()).is_some());
+        finish(&s, "one-more", 100_000);
+        assert_eq!(s.retained_len(), 100_000);
     }
 
     #[test]
