@@ -19,8 +19,9 @@ type WorkerSet = Arc<[Arc<Worker>]>;
 pub(crate) struct Dispatcher {
     epoch: AtomicU64,
     workers: Mutex<WorkerSet>,
-    /// Drops counted by publishers that have since been removed.
-    retired_dropped: AtomicU64,
+    /// Publishers removed since: kept (their threads have ended) so that records a shard
+    /// still offers them while its cached set is stale are counted as dropped.
+    retired: Mutex<Vec<Arc<Worker>>>,
     queue_capacity: usize,
     shutdown_timeout: Duration,
     /// The stores whose in-flight counts publishers may read; weak, as the stores own us.
@@ -53,7 +54,7 @@ impl Dispatcher {
         Dispatcher {
             epoch: AtomicU64::new(0),
             workers: Mutex::new(Arc::from(Vec::new())),
-            retired_dropped: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
             queue_capacity,
             shutdown_timeout,
             events: Mutex::new(None),
@@ -137,9 +138,15 @@ impl Dispatcher {
             if let Err(e) = worker.shutdown(deadline) {
                 tracing::warn!(error = %e, "publisher did not shut down cleanly");
             }
-            self.retired_dropped
-                .fetch_add(worker.dropped(), Ordering::Relaxed);
         }
+        self.remember(old);
+    }
+
+    fn remember(&self, old: &[Arc<Worker>]) {
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(old.iter().cloned());
     }
 
     pub(crate) fn flush(&self, deadline: Instant) -> Result<(), PublishError> {
@@ -158,10 +165,7 @@ impl Dispatcher {
             .iter()
             .filter_map(|w| w.shutdown(deadline).err())
             .collect();
-        for worker in old.iter() {
-            self.retired_dropped
-                .fetch_add(worker.dropped(), Ordering::Relaxed);
-        }
+        self.remember(&old);
         PublishError::collect(errors)
     }
 
@@ -171,8 +175,12 @@ impl Dispatcher {
 
     /// Records dropped for any publisher, current or removed, because its queue was full.
     pub(crate) fn dropped(&self) -> u64 {
-        self.retired_dropped.load(Ordering::Relaxed)
-            + self.current().iter().map(|w| w.dropped()).sum::<u64>()
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired
+            .iter()
+            .chain(self.current().iter())
+            .map(|w| w.dropped())
+            .sum()
     }
 }
 
