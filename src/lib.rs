@@ -41,9 +41,13 @@ pub mod error;
 pub mod global;
 pub mod logger;
 pub mod network;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod publish;
 pub mod record;
 pub mod report;
+#[cfg(feature = "series")]
+pub(crate) mod series;
 mod store;
 pub mod telemetry;
 

@@ -4,12 +4,16 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "prometheus")]
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
 use clap::Args;
 use pipeline_telemetry::config::DEFAULT_RETENTION;
+#[cfg(feature = "prometheus")]
+use pipeline_telemetry::prometheus::PrometheusPublisher;
 use pipeline_telemetry::report::Report;
 use pipeline_telemetry::{Telemetry, TelemetryError};
 use serde::Serialize;
@@ -36,6 +40,39 @@ pub struct DemoArgs {
     /// How to report it.
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Where to publish it.
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// Longest `--hold` accepted: a day.
+#[cfg(feature = "prometheus")]
+const MAX_HOLD_SECS: u64 = 86_400;
+
+/// How long a flush or shutdown of the publishers may take at the end of a run.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishers the run's records go to.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Publishing")]
+pub struct PublishArgs {
+    /// Serve the metrics for Prometheus at http://ADDR:PORT/metrics, such as 127.0.0.1:9464
+    /// (port 0 picks a free port; the address is printed on standard error)
+    #[cfg(feature = "prometheus")]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub prometheus: Option<SocketAddr>,
+
+    /// After the report, keep serving the final values for this many seconds so a scraper can
+    /// read them
+    #[cfg(feature = "prometheus")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0,
+        requires = "prometheus",
+        value_parser = RangedU64ValueParser::<u64>::new().range(0..=MAX_HOLD_SECS),
+    )]
+    pub hold: u64,
 }
 
 /// The simulated workload.
@@ -101,6 +138,7 @@ impl ReportArgs {
 /// written.
 pub fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError> {
     let telemetry = Telemetry::new();
+    let publishers = Publishers::attach(&telemetry, &args.publish)?;
     let server =
         EchoServer::start().map_err(|e| CliError::io("start the echo server on 127.0.0.1", e))?;
     let targets = Targets {
@@ -121,6 +159,10 @@ pub fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError> {
     let elapsed = started.elapsed();
     // Every call has been made; stop the server's threads before the report is gathered.
     drop(server);
+    // The publishers have every record before the report (and any hold) begins.
+    telemetry
+        .flush(PUBLISH_TIMEOUT)
+        .map_err(CliError::Publish)?;
 
     let report = Report::collect(&telemetry, args.report.slow_threshold(), args.report.top);
     let summary = RunSummary {
@@ -132,9 +174,68 @@ pub fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError> {
         report: &report,
     };
     if args.report.json {
-        summary.write_json(out)
+        summary.write_json(out)?;
     } else {
-        summary.write_text(out)
+        summary.write_text(out)?;
+    }
+    publishers.hold(out)?;
+    telemetry
+        .shutdown(PUBLISH_TIMEOUT)
+        .map_err(CliError::Publish)
+}
+
+/// The publishers attached to a run.
+struct Publishers {
+    #[cfg(feature = "prometheus")]
+    prometheus: Option<(Arc<PrometheusPublisher>, Duration)>,
+}
+
+impl Publishers {
+    /// Starts the publishers asked for and attaches them to `telemetry`.
+    #[cfg_attr(not(feature = "prometheus"), allow(unused_variables))]
+    fn attach(telemetry: &Telemetry, args: &PublishArgs) -> Result<Self, CliError> {
+        #[cfg(feature = "prometheus")]
+        let prometheus = match args.prometheus {
+            Some(addr) => {
+                let publisher = PrometheusPublisher::builder(addr.port())
+                    .addr(addr.ip())
+                    .build()
+                    .map_err(CliError::Prometheus)?;
+                let publisher = Arc::new(publisher);
+                telemetry.add_publisher(Box::new(Arc::clone(&publisher)))?;
+                if let Some(bound) = publisher.local_addr() {
+                    eprintln!(
+                        "pipeline-telemetry: serving Prometheus metrics at http://{bound}/metrics"
+                    );
+                }
+                Some((publisher, Duration::from_secs(args.hold)))
+            }
+            None => None,
+        };
+        Ok(Publishers {
+            #[cfg(feature = "prometheus")]
+            prometheus,
+        })
+    }
+
+    /// Keeps the scrape endpoint serving the final values for `--hold` seconds, once the
+    /// report is out.
+    #[cfg_attr(not(feature = "prometheus"), allow(unused_variables))]
+    fn hold(&self, out: &mut impl Write) -> Result<(), CliError> {
+        #[cfg(feature = "prometheus")]
+        if let Some((publisher, hold)) = &self.prometheus {
+            if !hold.is_zero() {
+                out.flush().map_err(write_error)?;
+                if let Some(bound) = publisher.local_addr() {
+                    eprintln!(
+                        "pipeline-telemetry: holding http://{bound}/metrics for {}s",
+                        hold.as_secs()
+                    );
+                }
+                thread::sleep(*hold);
+            }
+        }
+        Ok(())
     }
 }
 

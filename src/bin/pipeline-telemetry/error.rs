@@ -3,7 +3,9 @@
 use std::fmt;
 use std::io;
 
-use pipeline_telemetry::TelemetryError;
+#[cfg(feature = "prometheus")]
+use pipeline_telemetry::prometheus::PrometheusError;
+use pipeline_telemetry::{PublishError, TelemetryError};
 
 /// A failure that ends a command with a non-zero exit code.
 #[derive(Debug)]
@@ -25,6 +27,11 @@ pub enum CliError {
         /// Which worker, counting from 0.
         worker: usize,
     },
+    /// The Prometheus scrape endpoint could not be started.
+    #[cfg(feature = "prometheus")]
+    Prometheus(PrometheusError),
+    /// The publishers did not take every record before the deadline, or failed.
+    Publish(PublishError),
 }
 
 impl CliError {
@@ -47,6 +54,9 @@ impl fmt::Display for CliError {
                 f,
                 "worker thread {worker} panicked, so the report would be incomplete"
             ),
+            #[cfg(feature = "prometheus")]
+            CliError::Prometheus(error) => write!(f, "{error}"),
+            CliError::Publish(error) => write!(f, "publishing the metrics failed: {error}"),
         }
     }
 }
@@ -58,6 +68,9 @@ impl std::error::Error for CliError {
             CliError::Telemetry(error) => Some(error),
             CliError::Json(error) => Some(error),
             CliError::WorkerPanicked { .. } => None,
+            #[cfg(feature = "prometheus")]
+            CliError::Prometheus(error) => Some(error),
+            CliError::Publish(error) => Some(error),
         }
     }
 }

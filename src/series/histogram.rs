@@ -1,0 +1,143 @@
+//! Fixed-bucket histograms of durations, updated with atomics at record time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The buckets of the original (Python `prometheus_client`'s defaults), in seconds; `+Inf` is
+/// implicit.
+pub(crate) const DEFAULT_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Checks bucket bounds: at least one, finite, not negative (they are durations), strictly
+/// increasing. `+Inf` is always added and may not be given.
+pub(crate) fn check_buckets(bounds: &[f64]) -> Result<(), &'static str> {
+    if bounds.is_empty() {
+        return Err("at least one bound is needed (the +Inf bucket is always added)");
+    }
+    if bounds.iter().any(|b| !b.is_finite()) {
+        return Err("bounds must be finite numbers of seconds; +Inf is added automatically");
+    }
+    if bounds.iter().any(|b| *b < 0.0) {
+        return Err("bounds are durations and may not be negative");
+    }
+    if bounds.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("bounds must be strictly increasing");
+    }
+    Ok(())
+}
+
+/// One histogram series: a count per bucket (not cumulative) and the sum in nanoseconds.
+///
+/// The count is the sum of the bucket counts, so a snapshot is always consistent with its
+/// buckets; the sum is exact to the nanosecond.
+#[derive(Debug)]
+pub(crate) struct Histogram {
+    bounds: Arc<[f64]>,
+    /// One per bound, plus the `+Inf` bucket.
+    counts: Box<[AtomicU64]>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn new(bounds: Arc<[f64]>) -> Self {
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Histogram {
+            bounds,
+            counts,
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation: two atomic additions.
+    #[inline]
+    pub(crate) fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        // The first bucket whose bound is >= the value (bounds are inclusive upper limits).
+        let index = self.bounds.partition_point(|bound| *bound < seconds);
+        self.counts[index].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(crate::record::nanos(value), Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        let mut running = 0u64;
+        let cumulative = self
+            .counts
+            .iter()
+            .map(|c| {
+                running = running.wrapping_add(c.load(Ordering::Relaxed));
+                running
+            })
+            .collect();
+        HistogramSnapshot {
+            bounds: Arc::clone(&self.bounds),
+            cumulative,
+            sum: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// A histogram series read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistogramSnapshot {
+    /// Upper bounds in seconds, without `+Inf`.
+    pub(crate) bounds: Arc<[f64]>,
+    /// Cumulative counts, one per bound then one for `+Inf` (which is the total count).
+    pub(crate) cumulative: Vec<u64>,
+    /// Sum of the observations, in seconds.
+    pub(crate) sum: f64,
+}
+
+impl HistogramSnapshot {
+    /// Number of observations.
+    pub(crate) fn count(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram() -> Histogram {
+        Histogram::new(Arc::from(&DEFAULT_BUCKETS[..]))
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_cumulative_counts_end_with_the_total() {
+        let h = histogram();
+        h.observe(Duration::from_millis(5)); // le 0.005
+        h.observe(Duration::from_micros(5001)); // le 0.01
+        h.observe(Duration::from_millis(1500)); // le 2.5
+        h.observe(Duration::from_secs(60)); // +Inf only
+        let s = h.snapshot();
+        assert_eq!(s.cumulative.len(), 15);
+        assert_eq!(s.cumulative[0], 1);
+        assert_eq!(s.cumulative[1], 2);
+        assert_eq!(s.cumulative[9], 2); // le 1.0
+        assert_eq!(s.cumulative[10], 3); // le 2.5
+        assert_eq!(s.cumulative[13], 3); // le 10
+        assert_eq!(s.count(), 4);
+        assert!((s.sum - 61.510_001).abs() < 1e-9, "{}", s.sum);
+    }
+
+    #[test]
+    fn sum_is_exact_for_the_hand_built_event() {
+        let h = histogram();
+        h.observe(Duration::from_millis(1500));
+        assert_eq!(h.snapshot().sum, 1.5);
+    }
+
+    #[test]
+    fn bucket_checks_name_the_problem() {
+        assert!(check_buckets(&DEFAULT_BUCKETS).is_ok());
+        assert!(check_buckets(&[]).is_err());
+        assert!(check_buckets(&[1.0, f64::INFINITY]).is_err());
+        assert!(check_buckets(&[f64::NAN]).is_err());
+        assert!(check_buckets(&[-1.0, 1.0]).is_err());
+        assert!(check_buckets(&[1.0, 1.0]).is_err());
+        assert!(check_buckets(&[0.0, 0.5]).is_ok());
+    }
+}

@@ -1,0 +1,232 @@
+//! The values of one free-form label (event name, operation), each with a slot holding every
+//! series that carries it, capped: past `cap` distinct values, new values share the slot of
+//! [`OTHER`] and are counted.
+//!
+//! A record finds its slot with one hash of its label value and a shared read lock on one of 16
+//! shards, then updates the slot's atomics: one lookup per record, however many series it
+//! feeds. Only a value never seen before takes a shard's write lock.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hashbrown::HashTable;
+
+/// The value that label values past the cap are folded into.
+pub(crate) const OTHER: &str = "__other__";
+
+const SHARDS: usize = 16;
+
+/// One shard: value and its slot.
+type Shard<S> = RwLock<HashTable<(Arc<str>, S)>>;
+
+/// The distinct values of one label and their slots, capped.
+pub(crate) struct LabelSlots<S> {
+    name: &'static str,
+    cap: usize,
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Shard<S>]>,
+    /// The slot of [`OTHER`], shared by every folded value.
+    other: S,
+    admitted: AtomicUsize,
+    folded: AtomicU64,
+}
+
+impl<S> std::fmt::Debug for LabelSlots<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabelSlots")
+            .field("name", &self.name)
+            .field("cap", &self.cap)
+            .field("admitted", &self.admitted.load(Ordering::Relaxed))
+            .field("folded", &self.folded.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<S> LabelSlots<S> {
+    /// An empty set for the label `name` admitting at most `cap` distinct values; `other` is
+    /// the slot folded values share.
+    pub(crate) fn new(name: &'static str, cap: usize, other: S) -> Self {
+        LabelSlots {
+            name,
+            cap,
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            other,
+            admitted: AtomicUsize::new(0),
+            folded: AtomicU64::new(0),
+        }
+    }
+
+    /// The label's name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Runs `update` on the slot of `value`: its own (made with `make` if the value is new and
+    /// the cap allows), or [`OTHER`]'s, counted as folded.
+    #[inline]
+    pub(crate) fn with<R>(
+        &self,
+        value: &str,
+        make: impl FnOnce() -> S,
+        update: impl FnOnce(&S) -> R,
+    ) -> R {
+        let hash = self.hasher.hash_one(value);
+        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        {
+            let table = shard.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, slot)) = table.find(hash, |(v, _)| **v == *value) {
+                return update(slot);
+            }
+        }
+        self.admit(hash, shard, value, make, update)
+    }
+
+    #[cold]
+    fn admit<R>(
+        &self,
+        hash: u64,
+        shard: &Shard<S>,
+        value: &str,
+        make: impl FnOnce() -> S,
+        update: impl FnOnce(&S) -> R,
+    ) -> R {
+        // A full set folds without the write lock, so a runaway name space does not serialize
+        // the recording threads. (A value admitted by another thread at this very moment may
+        // be folded once.)
+        if self.admitted.load(Ordering::Acquire) >= self.cap {
+            return self.fold(update);
+        }
+        let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, slot)) = table.find(hash, |(v, _)| **v == *value) {
+            return update(slot);
+        }
+        // Reserve a place under the cap; another shard may be admitting at the same time.
+        let reserved = self
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            drop(table);
+            return self.fold(update);
+        }
+        let hasher = &self.hasher;
+        let entry = table.insert_unique(hash, (Arc::from(value), make()), |(v, _)| {
+            hasher.hash_one(&**v)
+        });
+        update(&entry.get().1)
+    }
+
+    fn fold<R>(&self, update: impl FnOnce(&S) -> R) -> R {
+        self.folded.fetch_add(1, Ordering::Relaxed);
+        update(&self.other)
+    }
+
+    /// Calls `read` with every value and its slot, [`OTHER`] last and only if something was
+    /// folded into it. Shards are read one at a time, so recording goes on meanwhile.
+    pub(crate) fn for_each(&self, mut read: impl FnMut(&Arc<str>, &S)) {
+        for shard in self.shards.iter() {
+            let table = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (value, slot) in table.iter() {
+                read(value, slot);
+            }
+        }
+        if self.folded() > 0 {
+            read(&Arc::from(OTHER), &self.other);
+        }
+    }
+
+    /// Distinct values admitted so far (at most the cap).
+    #[cfg(test)]
+    pub(crate) fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
+    /// How many times a value was folded into [`OTHER`] because the cap was reached.
+    pub(crate) fn folded(&self) -> u64 {
+        self.folded.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    fn counts(slots: &LabelSlots<AtomicU64>) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        slots.for_each(|v, c| out.push((v.to_string(), c.load(Ordering::Relaxed))));
+        out.sort();
+        out
+    }
+
+    fn add(slots: &LabelSlots<AtomicU64>, value: &str) {
+        slots.with(value, AtomicU64::default, |c| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    #[test]
+    fn each_value_has_one_slot() {
+        let slots = LabelSlots::new("event_name", 10, AtomicU64::default());
+        for v in ["load", "save", "load", "load"] {
+            add(&slots, v);
+        }
+        assert_eq!(
+            counts(&slots),
+            [("load".to_owned(), 3), ("save".to_owned(), 1)]
+        );
+        assert_eq!(slots.admitted(), 2);
+        assert_eq!(slots.folded(), 0);
+    }
+
+    #[test]
+    fn values_past_the_cap_fold_into_other_and_are_counted() {
+        let slots = LabelSlots::new("event_name", 3, AtomicU64::default());
+        for v in ["a", "b", "c"] {
+            add(&slots, v);
+        }
+        for i in 0..100 {
+            add(&slots, &format!("runaway-{i}"));
+        }
+        // Admitted values keep their slots after the cap is reached.
+        add(&slots, "b");
+        assert_eq!(
+            counts(&slots),
+            [
+                (OTHER.to_owned(), 100),
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 2),
+                ("c".to_owned(), 1)
+            ]
+        );
+        assert_eq!(slots.admitted(), 3);
+        assert_eq!(slots.folded(), 100);
+    }
+
+    #[test]
+    fn the_cap_holds_under_concurrent_admission() {
+        let slots = Arc::new(LabelSlots::new("op", 50, AtomicU64::default()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let slots = Arc::clone(&slots);
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        add(&slots, &format!("{t}-{i}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(slots.admitted(), 50);
+        assert_eq!(slots.folded(), 400 - 50);
+        let total: u64 = counts(&slots).iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 400);
+        assert_eq!(counts(&slots).len(), 51);
+    }
+}

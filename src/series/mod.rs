@@ -1,0 +1,654 @@
+//! The series model shared by the Prometheus and Grafana Cloud publishers.
+//!
+//! Finished records are aggregated at record time into counters and fixed-bucket histograms —
+//! never kept as raw samples — so memory does not depend on how often a scraper or a push
+//! comes by. Both exposition encoders (and the remote-write encoder) read the same
+//! [`PipelineSeries::snapshot`], so the backends cannot drift apart.
+//!
+//! Every series of a record hangs off one slot per value of its free-form label (event name or
+//! operation): recording finds the slot with one hash and a shared read lock on one of 16
+//! shards, then updates the slot's atomics — three additions for an event, five for a network
+//! operation. Nothing takes a global lock; a write lock is taken only the first time a label
+//! value is seen.
+//!
+//! The label-value cap bounds memory and exposition size: once a label has
+//! `max_label_values` distinct values, further values are folded into [`OTHER`] and counted in
+//! `telemetry_label_values_folded_total{label}`.
+//!
+//! # Families (names before the prefix)
+//! | family | kind | labels |
+//! | --- | --- | --- |
+//! | `event_duration_seconds` | histogram | `event_name`, `status` |
+//! | `event_retries_total` | counter | `event_name` |
+//! | `network_bytes_total` | counter | `operation`, `direction` (`sent`/`received`) |
+//! | `network_latency_seconds` | histogram | `operation` |
+//! | `network_operations_total` | counter | `operation`, `status` (`completed`/`failed`) |
+//! | `events_in_flight` | gauge | |
+//! | `network_operations_in_flight` | gauge | |
+//! | `telemetry_records_delivered_total` | counter | `publisher` |
+//! | `telemetry_records_dropped_total` | counter | `publisher` |
+//! | `telemetry_publish_errors_total` | counter | `publisher` |
+//! | `telemetry_publisher_queued_records` | gauge | `publisher` |
+//! | `telemetry_label_values_folded_total` | counter | `label` |
+
+// Until a publisher that reads the model is compiled in, nothing uses it.
+#![cfg_attr(not(feature = "prometheus"), allow(dead_code, unused_imports))]
+
+mod histogram;
+mod labels;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub(crate) use histogram::{check_buckets, HistogramSnapshot, DEFAULT_BUCKETS};
+pub(crate) use labels::OTHER;
+
+use crate::publish::PipelineHealth;
+use crate::record::{EventMetrics, NetworkMetrics, Status};
+use histogram::Histogram;
+use labels::LabelSlots;
+
+/// Distinct values per free-form label (event name, operation) unless configured otherwise.
+pub(crate) const DEFAULT_MAX_LABEL_VALUES: usize = 1_000;
+
+/// The largest label-value cap accepted.
+pub(crate) const MAX_LABEL_VALUES_LIMIT: usize = 1 << 24;
+
+/// What a family measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A monotonic count. The family name has no `_total`; its samples are `<name>_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Bucketed observations: `<name>_bucket{le}`, `<name>_sum`, `<name>_count`.
+    Histogram,
+}
+
+/// The value of one series at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Counter(u64),
+    Gauge(f64),
+    Histogram(HistogramSnapshot),
+}
+
+/// One series: labels sorted by name, and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SeriesSnapshot {
+    pub(crate) labels: Vec<(&'static str, Arc<str>)>,
+    pub(crate) value: Value,
+}
+
+/// One family: its name (prefixed, without a counter's `_total`), help, kind and series,
+/// sorted by label values.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FamilySnapshot {
+    pub(crate) name: String,
+    pub(crate) help: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) series: Vec<SeriesSnapshot>,
+}
+
+impl FamilySnapshot {
+    /// The name of the family's samples other than histogram parts: `<name>_total` for a
+    /// counter, the name itself otherwise.
+    pub(crate) fn sample_name(&self) -> String {
+        match self.kind {
+            Kind::Counter => format!("{}_total", self.name),
+            Kind::Gauge | Kind::Histogram => self.name.clone(),
+        }
+    }
+
+    fn sort(&mut self) {
+        self.series.sort_unstable_by(|a, b| {
+            a.labels
+                .iter()
+                .map(|(_, v)| v)
+                .cmp(b.labels.iter().map(|(_, v)| v))
+        });
+    }
+}
+
+/// A monotonic integer counter.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// How a [`PipelineSeries`] names and buckets its families.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SeriesConfig {
+    /// Put before every family name; empty, or ending in `_`.
+    pub(crate) prefix: String,
+    /// Histogram bucket bounds in seconds, checked with [`check_buckets`].
+    pub(crate) buckets: Arc<[f64]>,
+    /// Distinct values per free-form label before folding into [`OTHER`].
+    pub(crate) max_label_values: usize,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        SeriesConfig {
+            prefix: String::new(),
+            buckets: Arc::from(&DEFAULT_BUCKETS[..]),
+            max_label_values: DEFAULT_MAX_LABEL_VALUES,
+        }
+    }
+}
+
+/// The `status` label values in label order, and the index of a status among them.
+const STATUSES: [&str; 3] = ["completed", "failed", "pending"];
+
+const fn status_index(status: Status) -> usize {
+    match status {
+        Status::Completed => 0,
+        Status::Failed => 1,
+        Status::Pending => 2,
+    }
+}
+
+/// Every series of one event name.
+#[derive(Debug)]
+struct EventSlot {
+    /// Durations by status, in [`STATUSES`] order.
+    duration: [Histogram; 3],
+    retries: Counter,
+}
+
+impl EventSlot {
+    fn new(buckets: &Arc<[f64]>) -> Self {
+        EventSlot {
+            duration: std::array::from_fn(|_| Histogram::new(Arc::clone(buckets))),
+            retries: Counter::default(),
+        }
+    }
+}
+
+/// Every series of one network operation.
+#[derive(Debug)]
+struct OperationSlot {
+    sent: Counter,
+    received: Counter,
+    latency: Histogram,
+    /// Operations by status: completed, failed.
+    operations: [Counter; 2],
+}
+
+impl OperationSlot {
+    fn new(buckets: &Arc<[f64]>) -> Self {
+        OperationSlot {
+            sent: Counter::default(),
+            received: Counter::default(),
+            latency: Histogram::new(Arc::clone(buckets)),
+            operations: Default::default(),
+        }
+    }
+}
+
+/// The aggregates of a pipeline's finished events and network operations.
+#[derive(Debug)]
+pub(crate) struct PipelineSeries {
+    config: SeriesConfig,
+    events: LabelSlots<EventSlot>,
+    operations: LabelSlots<OperationSlot>,
+}
+
+impl PipelineSeries {
+    pub(crate) fn new(config: SeriesConfig) -> Self {
+        let cap = config.max_label_values.clamp(1, MAX_LABEL_VALUES_LIMIT);
+        PipelineSeries {
+            events: LabelSlots::new("event_name", cap, EventSlot::new(&config.buckets)),
+            operations: LabelSlots::new("operation", cap, OperationSlot::new(&config.buckets)),
+            config,
+        }
+    }
+
+    /// Aggregates a finished event: its duration under `{event_name, status}` and its retries
+    /// under `{event_name}`. One slot lookup and three atomic additions.
+    #[inline]
+    pub(crate) fn record_event(&self, event: &EventMetrics) {
+        let duration = event.duration();
+        let buckets = &self.config.buckets;
+        self.events.with(
+            &event.event_name,
+            || EventSlot::new(buckets),
+            |slot| {
+                slot.duration[status_index(event.status)].observe(duration);
+                slot.retries.add(u64::from(event.retry_count));
+            },
+        );
+    }
+
+    /// Aggregates a finished network operation: bytes each way, latency, and the operation
+    /// itself by status. One slot lookup and five atomic additions.
+    #[inline]
+    pub(crate) fn record_network(&self, op: &NetworkMetrics) {
+        let latency = op.latency();
+        let buckets = &self.config.buckets;
+        self.operations.with(
+            &op.operation,
+            || OperationSlot::new(buckets),
+            |slot| {
+                slot.sent.add(op.bytes_sent);
+                slot.received.add(op.bytes_received);
+                slot.latency.observe(latency);
+                slot.operations[usize::from(op.is_failed())].add(1);
+            },
+        );
+    }
+
+    /// Every family at this moment. `health` supplies the pipeline's own figures (in-flight
+    /// records, publisher health); without it those families are zero or empty.
+    ///
+    /// A series appears once something was recorded under its labels: a duration series once
+    /// an event ended with that status, an operation count once one ended that way; the retry
+    /// and byte counters of a name or operation appear with it, at zero if need be.
+    pub(crate) fn snapshot(&self, health: Option<&PipelineHealth>) -> Vec<FamilySnapshot> {
+        let mut duration = self.family(
+            "event_duration_seconds",
+            "Duration of finished events in seconds, by event name and status.",
+            Kind::Histogram,
+            Vec::new(),
+        );
+        let mut retries = self.family(
+            "event_retries",
+            "Retries of finished events, by event name.",
+            Kind::Counter,
+            Vec::new(),
+        );
+        self.events.for_each(|name, slot| {
+            for (status, histogram) in STATUSES.iter().zip(&slot.duration) {
+                let h = histogram.snapshot();
+                if h.count() > 0 {
+                    duration.series.push(SeriesSnapshot {
+                        labels: vec![
+                            ("event_name", Arc::clone(name)),
+                            ("status", Arc::from(*status)),
+                        ],
+                        value: Value::Histogram(h),
+                    });
+                }
+            }
+            retries.series.push(SeriesSnapshot {
+                labels: vec![("event_name", Arc::clone(name))],
+                value: Value::Counter(slot.retries.get()),
+            });
+        });
+
+        let mut bytes = self.family(
+            "network_bytes",
+            "Bytes of finished network operations, by operation and direction.",
+            Kind::Counter,
+            Vec::new(),
+        );
+        let mut latency = self.family(
+            "network_latency_seconds",
+            "Latency of finished network operations in seconds, by operation.",
+            Kind::Histogram,
+            Vec::new(),
+        );
+        let mut operations = self.family(
+            "network_operations",
+            "Finished network operations, by operation and status.",
+            Kind::Counter,
+            Vec::new(),
+        );
+        self.operations.for_each(|op, slot| {
+            for (direction, counter) in [("sent", &slot.sent), ("received", &slot.received)] {
+                bytes.series.push(SeriesSnapshot {
+                    labels: vec![
+                        ("direction", Arc::from(direction)),
+                        ("operation", Arc::clone(op)),
+                    ],
+                    value: Value::Counter(counter.get()),
+                });
+            }
+            latency.series.push(SeriesSnapshot {
+                labels: vec![("operation", Arc::clone(op))],
+                value: Value::Histogram(slot.latency.snapshot()),
+            });
+            for (status, counter) in STATUSES.iter().zip(&slot.operations) {
+                let n = counter.get();
+                if n > 0 {
+                    operations.series.push(SeriesSnapshot {
+                        labels: vec![
+                            ("operation", Arc::clone(op)),
+                            ("status", Arc::from(*status)),
+                        ],
+                        value: Value::Counter(n),
+                    });
+                }
+            }
+        });
+        let mut families = vec![duration, retries, bytes, latency, operations];
+        for family in &mut families {
+            family.sort();
+        }
+        self.health_families(health, &mut families);
+        families
+    }
+
+    fn health_families(&self, health: Option<&PipelineHealth>, families: &mut Vec<FamilySnapshot>) {
+        let (events_in_flight, network_in_flight, publishers) = match health {
+            Some(h) => (
+                h.events_in_flight(),
+                h.network_in_flight(),
+                h.publisher_stats(),
+            ),
+            None => (0, 0, Vec::new()),
+        };
+        families.push(self.gauge(
+            "events_in_flight",
+            "Events started and not yet ended.",
+            events_in_flight as f64,
+        ));
+        families.push(self.gauge(
+            "network_operations_in_flight",
+            "Network operations started and not yet ended.",
+            network_in_flight as f64,
+        ));
+
+        // Publishers may share a name (or be attached twice): sum their figures by name.
+        let mut by_name: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+        for p in &publishers {
+            let sums = by_name.entry(p.name.as_str()).or_default();
+            sums[0] += p.delivered;
+            sums[1] += p.dropped;
+            sums[2] += p.errors + p.panics;
+            sums[3] += p.queued as u64;
+        }
+        let per_publisher = |i: usize, gauge: bool| -> Vec<SeriesSnapshot> {
+            by_name
+                .iter()
+                .map(|(name, sums)| SeriesSnapshot {
+                    labels: vec![("publisher", Arc::from(*name))],
+                    value: if gauge {
+                        Value::Gauge(sums[i] as f64)
+                    } else {
+                        Value::Counter(sums[i])
+                    },
+                })
+                .collect()
+        };
+        families.push(self.family(
+            "telemetry_records_delivered",
+            "Records each publisher accepted.",
+            Kind::Counter,
+            per_publisher(0, false),
+        ));
+        families.push(self.family(
+            "telemetry_records_dropped",
+            "Records dropped for a publisher because its queue was full.",
+            Kind::Counter,
+            per_publisher(1, false),
+        ));
+        families.push(self.family(
+            "telemetry_publish_errors",
+            "Records a publisher failed on (returned an error or panicked).",
+            Kind::Counter,
+            per_publisher(2, false),
+        ));
+        families.push(self.family(
+            "telemetry_publisher_queued_records",
+            "Records waiting in a publisher's queue.",
+            Kind::Gauge,
+            per_publisher(3, true),
+        ));
+        let folded = [self.events.name(), self.operations.name()]
+            .into_iter()
+            .zip([self.events.folded(), self.operations.folded()])
+            .map(|(label, n)| SeriesSnapshot {
+                labels: vec![("label", Arc::from(label))],
+                value: Value::Counter(n),
+            })
+            .collect();
+        families.push(self.family(
+            "telemetry_label_values_folded",
+            "Records whose label value was replaced by __other__ because the label reached its \
+             cap of distinct values.",
+            Kind::Counter,
+            folded,
+        ));
+    }
+
+    fn family(
+        &self,
+        base: &str,
+        help: &'static str,
+        kind: Kind,
+        series: Vec<SeriesSnapshot>,
+    ) -> FamilySnapshot {
+        FamilySnapshot {
+            name: format!("{}{base}", self.config.prefix),
+            help,
+            kind,
+            series,
+        }
+    }
+
+    fn gauge(&self, base: &str, help: &'static str, value: f64) -> FamilySnapshot {
+        self.family(
+            base,
+            help,
+            Kind::Gauge,
+            vec![SeriesSnapshot {
+                labels: Vec::new(),
+                value: Value::Gauge(value),
+            }],
+        )
+    }
+
+    /// The family names this model exposes, with their kinds, for collision checks.
+    pub(crate) fn family_names(&self) -> Vec<(String, Kind)> {
+        self.snapshot(None)
+            .into_iter()
+            .map(|f| (f.name, f.kind))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn event(name: &str, status: Status, millis: u64, retries: u32) -> EventMetrics {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        EventMetrics {
+            event_name: name.into(),
+            task_id: "t".into(),
+            start_time: start,
+            end_time: Some(start + Duration::from_millis(millis)),
+            status,
+            error: None,
+            retry_count: retries,
+            process_id: 1,
+        }
+    }
+
+    fn op(operation: &str, sent: u64, received: u64, failed: bool) -> NetworkMetrics {
+        let start = SystemTime::UNIX_EPOCH;
+        NetworkMetrics {
+            end_time: Some(start + Duration::from_millis(250)),
+            bytes_sent: sent,
+            bytes_received: received,
+            error: failed.then(|| "refused".to_owned()),
+            operation: operation.into(),
+            ..NetworkMetrics::new("n", "localhost", 8080, start)
+        }
+    }
+
+    fn family<'a>(families: &'a [FamilySnapshot], name: &str) -> &'a FamilySnapshot {
+        families.iter().find(|f| f.name == name).unwrap()
+    }
+
+    fn labels(s: &SeriesSnapshot) -> Vec<(&str, &str)> {
+        s.labels.iter().map(|(k, v)| (*k, &**v)).collect()
+    }
+
+    #[test]
+    fn events_aggregate_by_name_and_status() {
+        let series = PipelineSeries::new(SeriesConfig::default());
+        series.record_event(&event("load", Status::Completed, 1500, 2));
+        series.record_event(&event("load", Status::Completed, 500, 0));
+        series.record_event(&event("load", Status::Failed, 10, 1));
+        series.record_event(&event("aaa", Status::Completed, 10, 0));
+        let families = series.snapshot(None);
+
+        let duration = family(&families, "event_duration_seconds");
+        assert_eq!(duration.kind, Kind::Histogram);
+        let rows: Vec<_> = duration.series.iter().map(labels).collect();
+        assert_eq!(
+            rows,
+            [
+                vec![("event_name", "aaa"), ("status", "completed")],
+                vec![("event_name", "load"), ("status", "completed")],
+                vec![("event_name", "load"), ("status", "failed")],
+            ]
+        );
+        let Value::Histogram(h) = &duration.series[1].value else {
+            panic!("not a histogram")
+        };
+        assert_eq!(h.count(), 2);
+        assert_eq!(h.sum, 2.0);
+
+        let retries = family(&families, "event_retries");
+        assert_eq!(retries.sample_name(), "event_retries_total");
+        let load = retries
+            .series
+            .iter()
+            .find(|s| &*s.labels[0].1 == "load")
+            .unwrap();
+        assert_eq!(load.value, Value::Counter(3));
+    }
+
+    #[test]
+    fn network_operations_aggregate_bytes_latency_and_status() {
+        let series = PipelineSeries::new(SeriesConfig::default());
+        series.record_network(&op("remote_call", 1000, 500, false));
+        series.record_network(&op("remote_call", 1, 2, true));
+        let families = series.snapshot(None);
+        let bytes = family(&families, "network_bytes");
+        let rows: Vec<_> = bytes
+            .series
+            .iter()
+            .map(|s| (labels(s), s.value.clone()))
+            .collect();
+        // Labels sorted by name: direction before operation; series sorted by those values.
+        assert_eq!(
+            rows,
+            [
+                (
+                    vec![("direction", "received"), ("operation", "remote_call")],
+                    Value::Counter(502)
+                ),
+                (
+                    vec![("direction", "sent"), ("operation", "remote_call")],
+                    Value::Counter(1001)
+                ),
+            ]
+        );
+        let ops = family(&families, "network_operations");
+        let values: Vec<_> = ops.series.iter().map(|s| s.value.clone()).collect();
+        assert_eq!(values, [Value::Counter(1), Value::Counter(1)]);
+        let Value::Histogram(latency) =
+            &family(&families, "network_latency_seconds").series[0].value
+        else {
+            panic!()
+        };
+        assert_eq!(latency.count(), 2);
+        assert_eq!(latency.sum, 0.5);
+    }
+
+    #[test]
+    fn runaway_event_names_fold_into_other_and_are_counted() {
+        let series = PipelineSeries::new(SeriesConfig {
+            max_label_values: 2,
+            ..SeriesConfig::default()
+        });
+        for i in 0..10 {
+            series.record_event(&event(&format!("e{i}"), Status::Completed, 1, 1));
+        }
+        let families = series.snapshot(None);
+        let retries = family(&families, "event_retries");
+        let rows: Vec<_> = retries
+            .series
+            .iter()
+            .map(|s| (s.labels[0].1.to_string(), s.value.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (OTHER.to_owned(), Value::Counter(8)),
+                ("e0".to_owned(), Value::Counter(1)),
+                ("e1".to_owned(), Value::Counter(1)),
+            ]
+        );
+        let folded = family(&families, "telemetry_label_values_folded");
+        assert_eq!(labels(&folded.series[0]), [("label", "event_name")]);
+        assert_eq!(folded.series[0].value, Value::Counter(8));
+        assert_eq!(folded.series[1].value, Value::Counter(0));
+    }
+
+    #[test]
+    fn prefix_and_buckets_apply_to_every_family() {
+        let series = PipelineSeries::new(SeriesConfig {
+            prefix: "etl_".into(),
+            buckets: Arc::from(&[0.5, 1.0][..]),
+            max_label_values: 10,
+        });
+        series.record_event(&event("x", Status::Completed, 700, 0));
+        let families = series.snapshot(None);
+        assert!(families.iter().all(|f| f.name.starts_with("etl_")));
+        let Value::Histogram(h) = &family(&families, "etl_event_duration_seconds").series[0].value
+        else {
+            panic!()
+        };
+        assert_eq!(h.cumulative, [0, 1, 1]);
+    }
+
+    #[test]
+    fn health_figures_are_read_at_snapshot_time() {
+        use crate::publish::MetricsPublisher;
+        use std::sync::Mutex;
+
+        #[derive(Default)]
+        struct Keep(Mutex<Option<PipelineHealth>>);
+        impl MetricsPublisher for Keep {
+            fn name(&self) -> &str {
+                "keep"
+            }
+            fn on_attach(&self, health: PipelineHealth) {
+                *self.0.lock().unwrap() = Some(health);
+            }
+        }
+        let telemetry = crate::Telemetry::new();
+        let keep = Arc::new(Keep::default());
+        telemetry.add_publisher(Box::new(keep.clone())).unwrap();
+        telemetry.events.start_event("e", "t1", None).unwrap();
+        telemetry.events.start_event("e", "t2", None).unwrap();
+        telemetry.events.end_event("t2", None).unwrap();
+        telemetry.flush(Duration::from_secs(5)).unwrap();
+        let health = keep.0.lock().unwrap().clone().unwrap();
+
+        let families = PipelineSeries::new(SeriesConfig::default()).snapshot(Some(&health));
+        assert_eq!(
+            family(&families, "events_in_flight").series[0].value,
+            Value::Gauge(1.0)
+        );
+        let delivered = family(&families, "telemetry_records_delivered");
+        assert_eq!(labels(&delivered.series[0]), [("publisher", "keep")]);
+        assert_eq!(delivered.series[0].value, Value::Counter(1));
+    }
+}
