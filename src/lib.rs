@@ -37,6 +37,8 @@
 #![warn(missing_debug_implementations)]
 
 pub mod config;
+#[cfg(feature = "elasticsearch")]
+pub mod elasticsearch;
 pub mod error;
 pub mod global;
 pub mod logger;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
@@ -86,15 +86,17 @@ impl TelemetryLogger {
         if task_id.is_empty() {
             return Err(TelemetryError::EmptyTaskId);
         }
-        self.store.start(EventRecord {
-            task_id: Arc::from(task_id),
-            event_name: Arc::from(event_name),
+        let process_id = process_id.unwrap_or(self.pid);
+        self.store.start(task_id, |start| EventRecord {
+            task_id: start.task_id,
+            event_name: start.names.get(event_name),
             error: None,
-            start_time: SystemTime::now(),
-            start_mono: self.store.mono_now(),
+            start_wall_ns: start.start_wall_ns,
+            start_mono: start.start_mono,
             duration_ns: 0,
             retry_count: 0,
-            process_id: process_id.unwrap_or(self.pid),
+            process_id,
+            key_hash: start.key_hash,
             status: Status::Pending,
         })
     }
@@ -166,7 +168,7 @@ impl TelemetryLogger {
         for retry_count in pending {
             totals.count_retries(retry_count);
         }
-        RetryStats::from_histogram(totals.total_retries, &totals.by_retry_count)
+        RetryStats::from_histogram(totals.total_retries, &totals.by_retry_count())
     }
 
     /// Exact counts of events: finished (evicted included) and in flight.
@@ -322,14 +324,30 @@ pub(crate) struct EventTotals {
     pub(crate) completed: u64,
     pub(crate) failed: u64,
     pub(crate) total_retries: u64,
-    /// Events per retry count.
-    pub(crate) by_retry_count: BTreeMap<u32, u64>,
+    /// Events per retry count, for the common small counts without a map update.
+    few_retries: [u64; FEW_RETRIES],
+    /// Events per retry count, for counts of `FEW_RETRIES` and more.
+    many_retries: BTreeMap<u32, u64>,
 }
+
+const FEW_RETRIES: usize = 8;
 
 impl EventTotals {
     fn count_retries(&mut self, retry_count: u32) {
         self.total_retries += u64::from(retry_count);
-        *self.by_retry_count.entry(retry_count).or_default() += 1;
+        match self.few_retries.get_mut(retry_count as usize) {
+            Some(events) => *events += 1,
+            None => *self.many_retries.entry(retry_count).or_default() += 1,
+        }
+    }
+
+    /// Events per retry count, for the counts some event had.
+    pub(crate) fn by_retry_count(&self) -> BTreeMap<u32, u64> {
+        let few = (0u32..)
+            .zip(self.few_retries)
+            .filter(|(_, events)| *events > 0);
+        few.chain(self.many_retries.iter().map(|(k, v)| (*k, *v)))
+            .collect()
     }
 }
 
@@ -339,6 +357,10 @@ impl Record for EventRecord {
     #[inline]
     fn task_id(&self) -> &str {
         &self.task_id
+    }
+
+    fn key_hash(&self) -> u32 {
+        self.key_hash
     }
 
     fn start_mono(&self) -> u64 {
@@ -361,8 +383,11 @@ impl Record for EventRecord {
         into.completed += from.completed;
         into.failed += from.failed;
         into.total_retries += from.total_retries;
-        for (count, events) in &from.by_retry_count {
-            *into.by_retry_count.entry(*count).or_default() += events;
+        for (into, from) in into.few_retries.iter_mut().zip(from.few_retries) {
+            *into += from;
+        }
+        for (count, events) in &from.many_retries {
+            *into.many_retries.entry(*count).or_default() += events;
         }
     }
 }

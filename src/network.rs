@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
@@ -81,16 +81,17 @@ impl NetworkTelemetry {
         let operation = operation
             .filter(|o| !o.is_empty())
             .unwrap_or(DEFAULT_OPERATION);
-        self.store.start(NetworkRecord {
-            task_id: Arc::from(task_id),
-            host: Arc::from(host),
-            operation: Arc::from(operation),
+        self.store.start(task_id, |start| NetworkRecord {
+            task_id: start.task_id,
+            host: start.names.get(host),
+            operation: start.names.get(operation),
             error: None,
-            start_time: SystemTime::now(),
-            start_mono: self.store.mono_now(),
+            start_wall_ns: start.start_wall_ns,
+            start_mono: start.start_mono,
             duration_ns: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            key_hash: start.key_hash,
             port,
             ended: false,
         })
@@ -304,6 +305,10 @@ impl Record for NetworkRecord {
     #[inline]
     fn task_id(&self) -> &str {
         &self.task_id
+    }
+
+    fn key_hash(&self) -> u32 {
+        self.key_hash
     }
 
     fn start_mono(&self) -> u64 {

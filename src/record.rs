@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::store::TaskId;
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
@@ -253,31 +254,39 @@ pub(crate) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The compact form of an event the store keeps. Strings are shared so a copy for a publisher
-/// is a few reference-count increments.
+/// A wall-clock time from nanoseconds since the Unix epoch.
+fn wall(ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// The compact form of an event the store keeps. Strings are shared or inline, so a copy for
+/// a publisher is a few reference-count increments.
 #[derive(Debug, Clone)]
 pub(crate) struct EventRecord {
-    pub(crate) task_id: Arc<str>,
+    pub(crate) task_id: TaskId,
     pub(crate) event_name: Arc<str>,
     pub(crate) error: Option<Arc<str>>,
-    pub(crate) start_time: SystemTime,
+    /// Wall-clock start in nanoseconds since the Unix epoch.
+    pub(crate) start_wall_ns: u64,
     /// Monotonic start, in nanoseconds since the store's base instant; orders records by start.
     pub(crate) start_mono: u64,
     /// Monotonic duration in nanoseconds; meaningful once ended.
     pub(crate) duration_ns: u64,
     pub(crate) retry_count: u32,
     pub(crate) process_id: u32,
+    pub(crate) key_hash: u32,
     pub(crate) status: Status,
 }
 
 impl EventRecord {
     pub(crate) fn to_public(&self) -> EventMetrics {
+        let start_time = wall(self.start_wall_ns);
         EventMetrics {
             event_name: self.event_name.to_string(),
             task_id: self.task_id.to_string(),
-            start_time: self.start_time,
+            start_time,
             end_time: (self.status != Status::Pending)
-                .then(|| self.start_time + Duration::from_nanos(self.duration_ns)),
+                .then(|| start_time + Duration::from_nanos(self.duration_ns)),
             status: self.status,
             error: self.error.as_deref().map(str::to_owned),
             retry_count: self.retry_count,
@@ -289,29 +298,31 @@ impl EventRecord {
 /// The compact form of a network operation the store keeps.
 #[derive(Debug, Clone)]
 pub(crate) struct NetworkRecord {
-    pub(crate) task_id: Arc<str>,
+    pub(crate) task_id: TaskId,
     pub(crate) host: Arc<str>,
     pub(crate) operation: Arc<str>,
     pub(crate) error: Option<Arc<str>>,
-    pub(crate) start_time: SystemTime,
+    pub(crate) start_wall_ns: u64,
     pub(crate) start_mono: u64,
     pub(crate) duration_ns: u64,
     pub(crate) bytes_sent: u64,
     pub(crate) bytes_received: u64,
+    pub(crate) key_hash: u32,
     pub(crate) port: u16,
     pub(crate) ended: bool,
 }
 
 impl NetworkRecord {
     pub(crate) fn to_public(&self) -> NetworkMetrics {
+        let start_time = wall(self.start_wall_ns);
         NetworkMetrics {
             task_id: self.task_id.to_string(),
             host: self.host.to_string(),
             port: self.port,
-            start_time: self.start_time,
+            start_time,
             end_time: self
                 .ended
-                .then(|| self.start_time + Duration::from_nanos(self.duration_ns)),
+                .then(|| start_time + Duration::from_nanos(self.duration_ns)),
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             error: self.error.as_deref().map(str::to_owned),

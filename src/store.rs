@@ -3,19 +3,21 @@
 //!
 //! Records are spread over shards by a hash of their task id; each shard is a mutex over:
 //! - the in-flight records (kept until ended: their number is the caller's to bound),
-//! - the retained finished records, a ring oldest-first, with an index from task id to the
-//!   newest record of that id (so an id may be reused once its first run has ended),
+//! - the retained finished records, a ring oldest-first, and (once a finished record is looked
+//!   up by id) an index from task id to the newest record of that id, so an id may be reused
+//!   once its first run has ended,
 //! - exact running totals, which eviction does not touch,
-//! - its own copy of the publisher set.
+//! - its own copy of the publisher set, its interned names and its wall-clock anchor.
 //!
-//! A start/end pair hashes once per call and takes one uncontended shard lock per call; no
-//! state is written that another shard's thread also writes, so two threads scale.
+//! A start/end pair hashes once per call, takes one uncontended shard lock per call, reads
+//! the monotonic clock once per call and allocates nothing for short task ids and known
+//! names. No state is written that another shard's thread also writes, so threads scale.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::SystemTime;
 
 use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
@@ -24,11 +26,16 @@ use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
 use crate::publish::worker::Payload;
 
+/// A task id: short ids (up to 24 bytes) are stored inline, without an allocation.
+pub(crate) type TaskId = compact_str::CompactString;
+
 /// What a store needs from the records it keeps.
 pub(crate) trait Record: Clone + Send + 'static {
     /// Exact running totals over finished records.
     type Totals: Default + Send;
     fn task_id(&self) -> &str;
+    /// The low 32 bits of the task id's hash, kept so eviction never reads the id again.
+    fn key_hash(&self) -> u32;
     /// Monotonic start, used to list records in the order they started.
     fn start_mono(&self) -> u64;
     fn payload(&self) -> Payload;
@@ -36,24 +43,99 @@ pub(crate) trait Record: Clone + Send + 'static {
     fn merge(into: &mut Self::Totals, from: &Self::Totals);
 }
 
+/// What a new record is made from; handed to the record's constructor under the shard lock.
+pub(crate) struct Start<'a> {
+    pub(crate) task_id: TaskId,
+    pub(crate) key_hash: u32,
+    /// Wall-clock start, nanoseconds since the Unix epoch.
+    pub(crate) start_wall_ns: u64,
+    pub(crate) start_mono: u64,
+    /// The shard's interned names: event names, hosts, operations.
+    pub(crate) names: &'a mut Interner,
+}
+
 /// Above this many retained records per shard the store spreads over several shards; below it
 /// one shard keeps eviction strictly oldest-first.
 const RECORDS_PER_SHARD_MIN: usize = 4096;
 /// Shards at most: enough that threads rarely meet on one lock.
 pub(crate) const MAX_SHARDS: usize = 16;
+/// How long a shard derives wall-clock times from the monotonic clock before reading the wall
+/// clock again: wall-clock adjustments show within this time.
+const WALL_ANCHOR_AGE_NS: u64 = 1_000_000_000;
+
+/// Names seen often (event names, hosts, operations), shared by the records that carry them
+/// so a record costs no allocation for them. Bounded: past [`Interner::CAPACITY`] distinct
+/// names, further ones are allocated per record.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    names: HashTable<Arc<str>>,
+}
+
+impl Interner {
+    const CAPACITY: usize = 1024;
+
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        let hash = foldhash::fast::FixedState::default().hash_one(name);
+        if let Some(shared) = self.names.find(hash, |n| **n == *name) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if self.names.len() < Self::CAPACITY {
+            let state = foldhash::fast::FixedState::default();
+            self.names
+                .insert_unique(hash, Arc::clone(&shared), |n| state.hash_one(&**n));
+        }
+        shared
+    }
+}
+
+/// Wall-clock times derived from the monotonic clock and an anchor refreshed once a second:
+/// one clock read per timestamp instead of two.
+#[derive(Debug, Default)]
+struct WallClock {
+    anchor_mono: u64,
+    anchor_wall_ns: u64,
+}
+
+impl WallClock {
+    fn wall_ns(&mut self, mono: u64) -> u64 {
+        if self.anchor_wall_ns == 0 || mono > self.anchor_mono + WALL_ANCHOR_AGE_NS {
+            let wall = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, crate::record::nanos);
+            self.anchor_mono = mono;
+            self.anchor_wall_ns = wall;
+        }
+        // Modular arithmetic: also right when `mono` was read just before a newer anchor.
+        self.anchor_wall_ns
+            .wrapping_add(mono.wrapping_sub(self.anchor_mono))
+    }
+}
 
 struct Shard<R: Record> {
     in_flight: HashTable<R>,
     finished: VecDeque<R>,
     /// Sequence number of `finished[0]`; sequence numbers are this shard's, never reused.
     first_seq: u64,
-    /// Task id → sequence number of the newest finished record with that id.
-    index: HashTable<u64>,
+    /// Task id → sequence number of the newest finished record with that id. Built the first
+    /// time a finished record of this shard is looked up by id, and kept from then on, so
+    /// recording pays for it only when the finished records are being looked up by id.
+    index: Option<HashTable<u64>>,
     /// This shard's expected share of the retention, which sizes its ring.
     share: usize,
     totals: R::Totals,
     publishers: PublisherCache,
+    names: Interner,
+    clock: WallClock,
 }
+
+/// The hash the finished-record index files a record under, spread from the kept 32 bits.
+fn index_hash(key_hash: u32) -> u64 {
+    u64::from(key_hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Records a shard let go, dropped after its lock is released.
+type Evicted<R> = [Option<R>; 2];
 
 impl<R: Record> Shard<R> {
     fn new(share: usize) -> Self {
@@ -61,36 +143,52 @@ impl<R: Record> Shard<R> {
             in_flight: HashTable::new(),
             finished: VecDeque::new(),
             first_seq: 0,
-            index: HashTable::new(),
+            index: None,
             share,
             totals: R::Totals::default(),
             publishers: PublisherCache::default(),
+            names: Interner::default(),
+            clock: WallClock::default(),
         }
     }
 
-    fn newest_finished(&self, hash: u64, task_id: &str) -> Option<&R> {
+    fn at(&self, seq: u64) -> &R {
+        &self.finished[(seq - self.first_seq) as usize]
+    }
+
+    fn newest_finished(&mut self, key_hash: u32, task_id: &str) -> Option<&R> {
+        if self.index.is_none() {
+            self.build_index();
+        }
+        let index = self.index.as_ref()?;
+        let seq = *index.find(index_hash(key_hash), |&seq| {
+            self.finished[(seq - self.first_seq) as usize].task_id() == task_id
+        })?;
+        Some(self.at(seq))
+    }
+
+    fn build_index(&mut self) {
+        let mut index = HashTable::with_capacity(self.finished.len());
         let first = self.first_seq;
-        let finished = &self.finished;
-        self.index
-            .find(hash, |&seq| {
-                finished[(seq - first) as usize].task_id() == task_id
-            })
-            .map(|&seq| &finished[(seq - first) as usize])
+        for (offset, record) in self.finished.iter().enumerate() {
+            let seq = first + offset as u64;
+            file(&mut index, &self.finished, first, seq, record);
+        }
+        self.index = Some(index);
     }
 
     /// Retains a finished record, evicting this shard's oldest as the budget says.
-    fn keep(
-        &mut self,
-        hash: u64,
-        record: R,
-        hasher: &foldhash::fast::RandomState,
-        budget: &Budget,
-    ) {
+    fn keep(&mut self, record: R, budget: &Budget) -> Evicted<R> {
+        let mut evicted = [None, None];
         if budget.limit == 0 {
-            return;
+            evicted[0] = Some(record);
+            return evicted;
         }
-        for _ in 0..budget.evictions_before_adding(self.finished.len()) {
-            self.evict_oldest(hasher);
+        for slot in evicted
+            .iter_mut()
+            .take(budget.evictions_before_adding(self.finished.len()))
+        {
+            *slot = self.evict_oldest();
         }
         if self.finished.len() == self.finished.capacity() {
             // Double up to the expected share, then grow in small steps: shards fill a little
@@ -106,32 +204,43 @@ impl<R: Record> Shard<R> {
         }
         let seq = self.first_seq + self.finished.len() as u64;
         self.finished.push_back(record);
-        let first = self.first_seq;
-        let finished = &self.finished;
-        let task_id = finished[finished.len() - 1].task_id();
-        let found = self.index.find_entry(hash, |&s| {
-            s != seq && finished[(s - first) as usize].task_id() == task_id
-        });
-        match found {
-            Ok(mut older) => *older.get_mut() = seq,
-            Err(absent) => {
-                absent.into_table().insert_unique(hash, seq, |&s| {
-                    hasher.hash_one(finished[(s - first) as usize].task_id())
-                });
-            }
+        if let Some(index) = &mut self.index {
+            let newest = &self.finished[self.finished.len() - 1];
+            file(index, &self.finished, self.first_seq, seq, newest);
         }
+        evicted
     }
 
-    fn evict_oldest(&mut self, hasher: &foldhash::fast::RandomState) {
-        let Some(oldest) = self.finished.pop_front() else {
-            return;
-        };
+    fn evict_oldest(&mut self) -> Option<R> {
+        let oldest = self.finished.pop_front()?;
         let seq = self.first_seq;
         self.first_seq += 1;
-        let hash = hasher.hash_one(oldest.task_id());
-        // The index may point at a newer record with the same id; then it stays.
-        if let Ok(entry) = self.index.find_entry(hash, |&s| s == seq) {
-            entry.remove();
+        if let Some(index) = &mut self.index {
+            // The index may point at a newer record with the same id; then it stays.
+            if let Ok(entry) = index.find_entry(index_hash(oldest.key_hash()), |&s| s == seq) {
+                entry.remove();
+            }
+        }
+        Some(oldest)
+    }
+}
+
+/// Files `record` (at `seq`) in the index, replacing an older record of the same id.
+fn file<R: Record>(
+    index: &mut HashTable<u64>,
+    finished: &VecDeque<R>,
+    first: u64,
+    seq: u64,
+    record: &R,
+) {
+    let at = |s: u64| &finished[(s - first) as usize];
+    let hash = index_hash(record.key_hash());
+    match index.find_entry(hash, |&s| s != seq && at(s).task_id() == record.task_id()) {
+        Ok(mut older) => *older.get_mut() = seq,
+        Err(absent) => {
+            absent
+                .into_table()
+                .insert_unique(hash, seq, |&s| index_hash(at(s).key_hash()));
         }
     }
 }
@@ -175,7 +284,7 @@ pub(crate) struct Store<R: Record> {
     hasher: foldhash::fast::RandomState,
     shard_mask: usize,
     budget: Budget,
-    base: Instant,
+    base: quanta::Instant,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -214,7 +323,7 @@ impl<R: Record> Store<R> {
                 limit: retention,
                 used: CachePadded::new(AtomicUsize::new(0)),
             },
-            base: Instant::now(),
+            base: quanta::Instant::now(),
             dispatcher,
         }
     }
@@ -223,10 +332,12 @@ impl<R: Record> Store<R> {
         &self.dispatcher
     }
 
-    /// Nanoseconds on the monotonic clock since this store was made.
+    /// Nanoseconds on the monotonic clock since this store was made. The clock is the CPU's
+    /// time-stamp counter where it is reliable (a few nanoseconds to read), the operating
+    /// system's monotonic clock otherwise.
     #[inline]
     pub(crate) fn mono_now(&self) -> u64 {
-        crate::record::nanos(self.base.elapsed())
+        crate::record::nanos(quanta::Instant::now().duration_since(self.base))
     }
 
     #[inline]
@@ -239,15 +350,32 @@ impl<R: Record> Store<R> {
         (hash, shard.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Adds an in-flight record; refuses an id that is already in flight, keeping the first.
-    pub(crate) fn start(&self, record: R) -> Result<(), TelemetryError> {
-        let (hash, mut shard) = self.locate(record.task_id());
-        let id = record.task_id();
-        if shard.in_flight.find(hash, |r| r.task_id() == id).is_some() {
+    /// Adds an in-flight record built by `make`; refuses an id that is already in flight,
+    /// keeping the first.
+    pub(crate) fn start(
+        &self,
+        task_id: &str,
+        make: impl FnOnce(Start<'_>) -> R,
+    ) -> Result<(), TelemetryError> {
+        let start_mono = self.mono_now();
+        let (hash, mut shard) = self.locate(task_id);
+        let shard = &mut *shard;
+        if shard
+            .in_flight
+            .find(hash, |r| r.task_id() == task_id)
+            .is_some()
+        {
             return Err(TelemetryError::AlreadyInFlight {
-                task_id: id.to_owned(),
+                task_id: task_id.to_owned(),
             });
         }
+        let record = make(Start {
+            task_id: TaskId::from(task_id),
+            key_hash: hash as u32,
+            start_wall_ns: shard.clock.wall_ns(start_mono),
+            start_mono,
+            names: &mut shard.names,
+        });
         let hasher = &self.hasher;
         shard
             .in_flight
@@ -275,8 +403,8 @@ impl<R: Record> Store<R> {
         task_id: &str,
         end: impl FnOnce(&mut R),
     ) -> Result<(), TelemetryError> {
-        let (hash, mut shard) = self.locate(task_id);
-        let shard = &mut *shard;
+        let (hash, mut guard) = self.locate(task_id);
+        let shard = &mut *guard;
         let Ok(entry) = shard.in_flight.find_entry(hash, |r| r.task_id() == task_id) else {
             return Err(unknown(task_id));
         };
@@ -286,19 +414,21 @@ impl<R: Record> Store<R> {
         shard
             .publishers
             .offer(&self.dispatcher, || record.payload());
-        shard.keep(hash, record, &self.hasher, &self.budget);
+        let evicted = shard.keep(record, &self.budget);
+        // Freeing evicted records is the slowest part; do it without holding the lock.
+        drop(guard);
+        drop(evicted);
         Ok(())
     }
 
     /// Applies `read` to the record with this id: the in-flight one if there is one, else the
     /// newest retained finished one.
     pub(crate) fn get<T>(&self, task_id: &str, read: impl FnOnce(&R) -> T) -> Option<T> {
-        let (hash, shard) = self.locate(task_id);
-        shard
-            .in_flight
-            .find(hash, |r| r.task_id() == task_id)
-            .or_else(|| shard.newest_finished(hash, task_id))
-            .map(read)
+        let (hash, mut shard) = self.locate(task_id);
+        if let Some(record) = shard.in_flight.find(hash, |r| r.task_id() == task_id) {
+            return Some(read(record));
+        }
+        shard.newest_finished(hash as u32, task_id).map(read)
     }
 
     /// Collects from every retained record (in flight and finished) the ones `pick` keeps,
@@ -374,18 +504,19 @@ fn unknown(task_id: &str) -> TelemetryError {
 mod tests {
     use super::*;
     use crate::record::EventRecord;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
-    fn record(id: &str, start: u64) -> EventRecord {
+    fn record(start: Start<'_>, mono: u64) -> EventRecord {
         EventRecord {
-            task_id: Arc::from(id),
-            event_name: Arc::from("e"),
+            task_id: start.task_id,
+            event_name: start.names.get("e"),
             error: None,
-            start_time: SystemTime::now(),
-            start_mono: start,
+            start_wall_ns: start.start_wall_ns,
+            start_mono: mono,
             duration_ns: 0,
             retry_count: 0,
             process_id: 1,
+            key_hash: start.key_hash,
             status: crate::Status::Pending,
         }
     }
@@ -396,7 +527,7 @@ mod tests {
     }
 
     fn finish(s: &Store<EventRecord>, id: &str, start: u64) {
-        s.start(record(id, start)).unwrap();
+        s.start(id, |st| record(st, start)).unwrap();
         s.finish(id, |r| r.status = crate::Status::Completed)
             .unwrap();
     }
@@ -436,7 +567,7 @@ mod tests {
         for shard in s.shards.iter() {
             let shard = shard.lock().unwrap();
             capacity += shard.finished.capacity();
-            assert_eq!(shard.index.len(), shard.finished.len());
+            assert!(shard.index.is_none(), "nothing was looked up");
         }
         assert!(capacity <= 1000 + 1000 / 4 + 16 * 8, "capacity {capacity}");
     }
@@ -454,9 +585,52 @@ mod tests {
     }
 
     #[test]
+    fn the_index_built_on_first_lookup_is_kept_up_to_date() {
+        let s = store(50, 1);
+        for i in 0..40 {
+            finish(&s, &format!("t{i}"), i);
+        }
+        assert_eq!(s.get("t5", |r| r.start_mono), Some(5));
+        for i in 40..100 {
+            finish(&s, &format!("t{}", i % 70), i);
+        }
+        // Runs 0..50 were evicted; ids t0..t29 were reused by runs 70..100.
+        assert_eq!(s.get("t45", |r| r.start_mono), None);
+        assert_eq!(s.get("t5", |r| r.start_mono), Some(75));
+        assert_eq!(s.get("t60", |r| r.start_mono), Some(60));
+        assert_eq!(s.get("t2", |r| r.start_mono), Some(72));
+        let shard = s.shards[0].lock().unwrap();
+        assert_eq!(shard.index.as_ref().unwrap().len(), shard.finished.len());
+    }
+
+    #[test]
+    fn wall_times_follow_the_monotonic_clock_within_an_anchor() {
+        let mut clock = WallClock::default();
+        let first = clock.wall_ns(1_000);
+        assert_eq!(clock.wall_ns(1_500), first + 500);
+        // Read just before a newer anchor: still consistent.
+        assert_eq!(clock.wall_ns(900), first - 100);
+        let later = clock.wall_ns(1_000 + 2 * WALL_ANCHOR_AGE_NS);
+        assert!(later >= first);
+    }
+
+    #[test]
+    fn names_are_shared_up_to_the_interner_capacity() {
+        let mut names = Interner::default();
+        let a = names.get("load");
+        assert!(Arc::ptr_eq(&a, &names.get("load")));
+        for i in 0..Interner::CAPACITY {
+            names.get(&i.to_string());
+        }
+        let late = names.get("late");
+        assert!(!Arc::ptr_eq(&late, &names.get("late")));
+        assert_eq!(&*late, "late");
+    }
+
+    #[test]
     fn zero_retention_keeps_nothing_but_finds_in_flight() {
         let s = store(0, 4);
-        s.start(record("a", 0)).unwrap();
+        s.start("a", |st| record(st, 0)).unwrap();
         assert!(s.get("a", |_| ()).is_some());
         s.finish("a", |_| ()).unwrap();
         assert!(s.get("a", |_| ()).is_none());

@@ -43,6 +43,10 @@ pub struct DemoArgs {
     /// Where to publish it.
     #[command(flatten)]
     pub publish: PublishArgs,
+    /// Whether to ship it to Elasticsearch.
+    #[cfg(feature = "elasticsearch")]
+    #[command(flatten)]
+    pub elasticsearch: crate::elasticsearch_args::ElasticsearchArgs,
 }
 
 /// Longest `--hold` accepted: a day.
@@ -50,7 +54,7 @@ pub struct DemoArgs {
 const MAX_HOLD_SECS: u64 = 86_400;
 
 /// How long a flush or shutdown of the publishers may take at the end of a run.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Publishers the run's records go to.
 #[derive(Debug, Clone, Args)]
@@ -138,7 +142,7 @@ impl ReportArgs {
 /// written.
 pub fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError> {
     let telemetry = Telemetry::new();
-    let publishers = Publishers::attach(&telemetry, &args.publish)?;
+    let publishers = Publishers::attach(&telemetry, args)?;
     let server =
         EchoServer::start().map_err(|e| CliError::io("start the echo server on 127.0.0.1", e))?;
     let targets = Targets {
@@ -159,10 +163,11 @@ pub fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError> {
     let elapsed = started.elapsed();
     // Every call has been made; stop the server's threads before the report is gathered.
     drop(server);
-    // The publishers have every record before the report (and any hold) begins.
-    telemetry
-        .flush(PUBLISH_TIMEOUT)
-        .map_err(CliError::Publish)?;
+    // The publishers have every record before the report (and any hold) begins. A backend
+    // that is down costs counted drops, shown in the report, not the run.
+    if let Err(error) = telemetry.flush(PUBLISH_TIMEOUT) {
+        eprintln!("pipeline-telemetry: warning: {}", CliError::Publish(error));
+    }
 
     let report = Report::collect(&telemetry, args.report.slow_threshold(), args.report.top);
     let summary = RunSummary {
@@ -179,21 +184,39 @@ pub fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError> {
         summary.write_text(out)?;
     }
     publishers.hold(out)?;
-    telemetry
-        .shutdown(PUBLISH_TIMEOUT)
-        .map_err(CliError::Publish)
+    if let Err(error) = telemetry.shutdown(PUBLISH_TIMEOUT) {
+        eprintln!("pipeline-telemetry: warning: {}", CliError::Publish(error));
+    }
+    publishers.report_backends();
+    Ok(())
 }
 
 /// The publishers attached to a run.
 struct Publishers {
     #[cfg(feature = "prometheus")]
     prometheus: Option<(Arc<PrometheusPublisher>, Duration)>,
+    #[cfg(feature = "elasticsearch")]
+    elasticsearch: Option<pipeline_telemetry::elasticsearch::StatsHandle>,
 }
 
 impl Publishers {
     /// Starts the publishers asked for and attaches them to `telemetry`.
     #[cfg_attr(not(feature = "prometheus"), allow(unused_variables))]
-    fn attach(telemetry: &Telemetry, args: &PublishArgs) -> Result<Self, CliError> {
+    fn attach(telemetry: &Telemetry, demo: &DemoArgs) -> Result<Self, CliError> {
+        let args = &demo.publish;
+        #[cfg(feature = "elasticsearch")]
+        let elasticsearch = match demo
+            .elasticsearch
+            .publisher()
+            .map_err(CliError::Elasticsearch)?
+        {
+            Some(publisher) => {
+                let stats = publisher.stats_handle();
+                telemetry.add_publisher(Box::new(publisher))?;
+                Some(stats)
+            }
+            None => None,
+        };
         #[cfg(feature = "prometheus")]
         let prometheus = match args.prometheus {
             Some(addr) => {
@@ -215,7 +238,24 @@ impl Publishers {
         Ok(Publishers {
             #[cfg(feature = "prometheus")]
             prometheus,
+            #[cfg(feature = "elasticsearch")]
+            elasticsearch,
         })
+    }
+
+    /// Says on standard error what the push backends did with the records.
+    fn report_backends(&self) {
+        #[cfg(feature = "elasticsearch")]
+        if let Some(stats) = &self.elasticsearch {
+            let s = stats.stats();
+            eprintln!(
+                "pipeline-telemetry: Elasticsearch: {} documents stored, {} refused, {} dropped",
+                s.sent, s.refused, s.dropped
+            );
+            if let Some(reason) = &s.last_refusal {
+                eprintln!("pipeline-telemetry: Elasticsearch: last refusal: {reason}");
+            }
+        }
     }
 
     /// Keeps the scrape endpoint serving the final values for `--hold` seconds, once the

@@ -32,6 +32,9 @@ pub enum CliError {
     Prometheus(PrometheusError),
     /// The publishers did not take every record before the deadline, or failed.
     Publish(PublishError),
+    /// The Elasticsearch publisher could not be set up from the options.
+    #[cfg(feature = "elasticsearch")]
+    Elasticsearch(pipeline_telemetry::elasticsearch::ElasticsearchError),
 }
 
 impl CliError {
@@ -57,6 +60,8 @@ impl fmt::Display for CliError {
             #[cfg(feature = "prometheus")]
             CliError::Prometheus(error) => write!(f, "{error}"),
             CliError::Publish(error) => write!(f, "publishing the metrics failed: {error}"),
+            #[cfg(feature = "elasticsearch")]
+            CliError::Elasticsearch(error) => write!(f, "Elasticsearch publisher: {error}"),
         }
     }
 }
@@ -71,6 +76,8 @@ impl std::error::Error for CliError {
             #[cfg(feature = "prometheus")]
             CliError::Prometheus(error) => Some(error),
             CliError::Publish(error) => Some(error),
+            #[cfg(feature = "elasticsearch")]
+            CliError::Elasticsearch(error) => Some(error),
         }
     }
 }

@@ -9,6 +9,8 @@
 
 mod demo;
 mod echo;
+#[cfg(feature = "elasticsearch")]
+mod elasticsearch_args;
 mod error;
 mod plan;
 

@@ -1,0 +1,249 @@
+//! The Elasticsearch publisher's benchmark: documents per second from `end_event` to an
+//! acknowledged bulk response, and what `end_event` costs the caller with the publisher
+//! attached.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=/work/target-es cargo bench --bench elasticsearch
+//! ES_BENCH_QUICK=1 cargo bench --bench elasticsearch     # a smaller run, as a smoke test
+//! ```
+//!
+//! The server is the in-suite fake Elasticsearch (`tests/support/fake_elasticsearch.rs`) on
+//! loopback, in the same process, keeping `_index` and `_id` of every document (no source
+//! parsing): it parses every action line, checks `create` against the ids it holds, and
+//! answers every item, filtered by `filter_path` as Elasticsearch does. It shares the
+//! machine's two cores with the caller, the delivery thread and the sender thread, so the
+//! figures are a floor for the client side.
+//!
+//! 1. `throughput/pipeline`: a `TelemetryLogger` with the publisher attached (default batch of
+//!    2,000 documents / 5 MiB); the clock runs from the first `start_event` until
+//!    `flush` returns, i.e. until Elasticsearch acknowledged every document. The logger's
+//!    queue and the publisher's buffer (documents and bytes) are made large enough that nothing
+//!    is dropped (checked).
+//! 2. `throughput/publisher`: `publish_event_metrics` called directly (encoding included),
+//!    then `flush`: the publisher alone.
+//! 3. `end_event`: the caller-side cost of `end_event` in a logger at steady state (retention
+//!    100,000), timed over batches of 4,096 whose events were started outside the clock, with
+//!    no publisher, with a no-op publisher, and with the Elasticsearch publisher;
+//!    `saturated` runs batches back to back (the delivery queue fills and drops, as under
+//!    overload), `paced` waits outside the clock for the pipeline to drain between batches (so
+//!    every record is handed over and delivered).
+//!
+//! Every figure is the median of its runs or batches; the spread (min..max over runs, or the
+//! 10th..90th percentile over batches) is printed beside it. For `end_event` the caller
+//! thread's CPU time per call is printed too (from `/proc/thread-self/schedstat`, summed over
+//! all batches): on a 2-core machine the caller shares the cores with the delivery thread,
+//! the sender and the in-process server, and the wall time includes the time it was preempted.
+
+#[path = "../tests/support/fake_elasticsearch.rs"]
+mod fake_elasticsearch;
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use fake_elasticsearch::FakeElasticsearch;
+use pipeline_telemetry::elasticsearch::ElasticsearchPublisher;
+use pipeline_telemetry::{
+    EventMetrics, MetricsPublisher, Status, TelemetryConfig, TelemetryLogger,
+};
+use support::{fill_to_steady_state, pair, Ids, Noop, BATCH, EVENT_NAME};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn publisher(server: &FakeElasticsearch, buffer: usize) -> ElasticsearchPublisher {
+    ElasticsearchPublisher::builder([server.url()])
+        .and_then(|b| {
+            b.buffer_max_docs(buffer)
+                .buffer_max_bytes(buffer.saturating_mul(1024))
+                .build()
+        })
+        .expect("publisher")
+}
+
+/// Documents per second from the first start_event to the flush that acknowledges them all.
+fn pipeline_run(n: usize) -> f64 {
+    let server = FakeElasticsearch::start_ids_only();
+    let publisher = publisher(&server, n + 1);
+    let stats = publisher.stats_handle();
+    let logger = TelemetryLogger::with_config(
+        &TelemetryConfig::default().queue_capacity(n.next_power_of_two()),
+    );
+    logger.add_publisher(Box::new(publisher)).expect("attach");
+    // Warm up: template installed, connection open.
+    pair(&logger, "warm-up");
+    logger
+        .flush(Duration::from_secs(30))
+        .expect("warm-up flush");
+    let ids: Vec<String> = (0..n).map(|i| format!("task-{i}")).collect();
+    let start = Instant::now();
+    for id in &ids {
+        pair(&logger, id);
+    }
+    logger.flush(Duration::from_secs(300)).expect("flush");
+    let elapsed = start.elapsed();
+    let s = stats.stats();
+    assert_eq!(s.sent, n as u64 + 1, "every document acknowledged: {s:?}");
+    assert_eq!(logger.dropped(), 0);
+    assert_eq!(server.doc_count(), n + 1);
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Documents per second through the publisher alone.
+fn publisher_run(n: usize) -> f64 {
+    let server = FakeElasticsearch::start_ids_only();
+    let publisher = publisher(&server, n + 1);
+    let now = SystemTime::now();
+    let event = |i: usize| EventMetrics {
+        event_name: EVENT_NAME.into(),
+        task_id: format!("task-{i}"),
+        start_time: now,
+        end_time: Some(now + Duration::from_micros(i as u64)),
+        status: Status::Completed,
+        error: None,
+        retry_count: 0,
+        process_id: 1,
+    };
+    publisher.publish_event_metrics(&event(n)).expect("warm-up");
+    publisher
+        .flush(Instant::now() + Duration::from_secs(30))
+        .expect("warm-up flush");
+    let events: Vec<EventMetrics> = (0..n).map(event).collect();
+    let start = Instant::now();
+    for e in &events {
+        publisher.publish_event_metrics(e).expect("publish");
+    }
+    publisher
+        .flush(Instant::now() + Duration::from_secs(300))
+        .expect("flush");
+    let elapsed = start.elapsed();
+    let s = publisher.stats();
+    assert_eq!((s.sent, s.dropped), (n as u64 + 1, 0), "{s:?}");
+    n as f64 / elapsed.as_secs_f64()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Attached {
+    None,
+    Noop,
+    Elasticsearch,
+}
+
+/// CPU time this thread has run, in ns (Linux `/proc/thread-self/schedstat`, first field);
+/// `None` where unavailable. Updated by the scheduler at ticks and switches, so one reading
+/// can be a tick stale: only sums over many timed regions are used.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Wall ns per end_event, one figure per batch of 4,096; the caller thread's CPU ns per
+/// end_event over all batches; records dropped.
+fn end_event_cost(attached: Attached, paced: bool, batches: usize) -> (Vec<f64>, Option<f64>, u64) {
+    let server = FakeElasticsearch::start_ids_only();
+    let logger = TelemetryLogger::with_config(&TelemetryConfig::default());
+    let mut ids = Ids::default();
+    fill_to_steady_state(
+        &logger,
+        &mut ids,
+        pipeline_telemetry::config::DEFAULT_RETENTION,
+    );
+    match attached {
+        Attached::None => {}
+        Attached::Noop => logger.add_publisher(Box::new(Noop)).expect("attach"),
+        Attached::Elasticsearch => logger
+            .add_publisher(Box::new(publisher(&server, 1 << 20)))
+            .expect("attach"),
+    }
+    let mut figures = Vec::with_capacity(batches);
+    let mut cpu_total = Some(0u64);
+    for round in 0..batches + 10 {
+        let batch = ids.next_batch(BATCH);
+        for id in batch {
+            logger.start_event(EVENT_NAME, id, None).expect("start");
+        }
+        let cpu_start = thread_cpu_ns();
+        let start = Instant::now();
+        for id in batch {
+            logger.end_event(id, None).expect("end");
+        }
+        let elapsed = start.elapsed();
+        let cpu_end = thread_cpu_ns();
+        if round >= 10 {
+            figures.push(elapsed.as_nanos() as f64 / BATCH as f64);
+            cpu_total = match (cpu_total, cpu_start, cpu_end) {
+                (Some(total), Some(a), Some(b)) => Some(total + b.saturating_sub(a)),
+                _ => None,
+            };
+        }
+        if paced {
+            let _ = logger.flush(Duration::from_secs(30));
+        }
+    }
+    let _ = logger.flush(Duration::from_secs(30));
+    let dropped = logger.dropped();
+    let cpu = cpu_total.map(|ns| ns as f64 / (batches * BATCH) as f64);
+    (figures, cpu, dropped)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read.
+    let quick = std::env::var_os("ES_BENCH_QUICK").is_some();
+    let (n, runs, batches) = if quick {
+        (20_000, 2, 40)
+    } else {
+        (400_000, 3, 300)
+    };
+
+    println!("elasticsearch bench: {n} documents per throughput run, {runs} runs");
+    for (name, run) in [
+        ("throughput/pipeline", pipeline_run as fn(usize) -> f64),
+        ("throughput/publisher", publisher_run),
+    ] {
+        let mut rates: Vec<f64> = (0..runs).map(|_| run(n)).collect();
+        let (lo, hi) = (percentile(&mut rates, 0.0), percentile(&mut rates, 1.0));
+        println!(
+            "{name:<22} median {:>9.0} docs/s   (min {lo:.0}, max {hi:.0})",
+            median(&mut rates)
+        );
+    }
+
+    let mut baseline = None;
+    let mut cpu_baseline = None;
+    for (name, attached, paced) in [
+        ("end_event/none", Attached::None, false),
+        ("end_event/noop", Attached::Noop, false),
+        ("end_event/es_saturated", Attached::Elasticsearch, false),
+        ("end_event/none_paced", Attached::None, true),
+        ("end_event/noop_paced", Attached::Noop, true),
+        ("end_event/es_paced", Attached::Elasticsearch, true),
+    ] {
+        let (mut ns, cpu, dropped) = end_event_cost(attached, paced, batches);
+        let m = median(&mut ns);
+        let (p10, p90) = (percentile(&mut ns, 0.1), percentile(&mut ns, 0.9));
+        if attached == Attached::None {
+            baseline = Some(m);
+            cpu_baseline = cpu;
+        }
+        let base = baseline.unwrap_or(m);
+        let cpu_text = match (cpu, cpu_baseline) {
+            (Some(c), Some(b)) => format!("cpu {c:>6.1} ns ({:+.1}%)", (c / b - 1.0) * 100.0),
+            _ => "cpu n/a".to_owned(),
+        };
+        println!(
+            "{name:<22} wall median {m:>6.1} ns (p10 {p10:.1}, p90 {p90:.1}, {:+.1}%)  \
+             {cpu_text}  dropped {dropped}",
+            (m / base - 1.0) * 100.0
+        );
+    }
+}
