@@ -41,6 +41,8 @@ pub mod config;
 pub mod elasticsearch;
 pub mod error;
 pub mod global;
+#[cfg(feature = "grafana")]
+pub mod grafana;
 pub mod logger;
 pub mod network;
 #[cfg(feature = "prometheus")]

@@ -47,6 +47,10 @@ pub struct DemoArgs {
     #[cfg(feature = "elasticsearch")]
     #[command(flatten)]
     pub elasticsearch: crate::elasticsearch_args::ElasticsearchArgs,
+    /// Whether to push it to Grafana Cloud.
+    #[cfg(feature = "grafana")]
+    #[command(flatten)]
+    pub grafana: crate::grafana_args::GrafanaArgs,
 }
 
 /// Longest `--hold` accepted: a day.
@@ -197,6 +201,8 @@ struct Publishers {
     prometheus: Option<(Arc<PrometheusPublisher>, Duration)>,
     #[cfg(feature = "elasticsearch")]
     elasticsearch: Option<pipeline_telemetry::elasticsearch::StatsHandle>,
+    #[cfg(feature = "grafana")]
+    grafana: Option<pipeline_telemetry::grafana::StatsHandle>,
 }
 
 impl Publishers {
@@ -211,6 +217,19 @@ impl Publishers {
             .map_err(CliError::Elasticsearch)?
         {
             Some(publisher) => {
+                let stats = publisher.stats_handle();
+                telemetry.add_publisher(Box::new(publisher))?;
+                Some(stats)
+            }
+            None => None,
+        };
+        #[cfg(feature = "grafana")]
+        let grafana = match demo.grafana.publisher().map_err(CliError::Grafana)? {
+            Some(publisher) => {
+                eprintln!(
+                    "pipeline-telemetry: pushing metrics to {} every 15 s and at the end",
+                    publisher.endpoint()
+                );
                 let stats = publisher.stats_handle();
                 telemetry.add_publisher(Box::new(publisher))?;
                 Some(stats)
@@ -240,11 +259,24 @@ impl Publishers {
             prometheus,
             #[cfg(feature = "elasticsearch")]
             elasticsearch,
+            #[cfg(feature = "grafana")]
+            grafana,
         })
     }
 
     /// Says on standard error what the push backends did with the records.
     fn report_backends(&self) {
+        #[cfg(feature = "grafana")]
+        if let Some(stats) = &self.grafana {
+            let s = stats.stats();
+            eprintln!(
+                "pipeline-telemetry: Grafana Cloud: {} pushes stored, {} refused, {} dropped",
+                s.sent, s.refused, s.dropped
+            );
+            if let Some(reason) = s.last_refusal.as_ref().or(s.last_error.as_ref()) {
+                eprintln!("pipeline-telemetry: Grafana Cloud: last failure: {reason}");
+            }
+        }
         #[cfg(feature = "elasticsearch")]
         if let Some(stats) = &self.elasticsearch {
             let s = stats.stats();

@@ -35,6 +35,9 @@ pub enum CliError {
     /// The Elasticsearch publisher could not be set up from the options.
     #[cfg(feature = "elasticsearch")]
     Elasticsearch(pipeline_telemetry::elasticsearch::ElasticsearchError),
+    /// The Grafana Cloud publisher could not be set up from the options.
+    #[cfg(feature = "grafana")]
+    Grafana(pipeline_telemetry::grafana::GrafanaError),
 }
 
 impl CliError {
@@ -62,6 +65,12 @@ impl fmt::Display for CliError {
             CliError::Publish(error) => write!(f, "publishing the metrics failed: {error}"),
             #[cfg(feature = "elasticsearch")]
             CliError::Elasticsearch(error) => write!(f, "Elasticsearch publisher: {error}"),
+            #[cfg(feature = "grafana")]
+            CliError::Grafana(error) => write!(
+                f,
+                "Grafana Cloud publisher: {error} (the API key is read from \
+                 GRAFANA_CLOUD_API_KEY)"
+            ),
         }
     }
 }
@@ -78,6 +87,8 @@ impl std::error::Error for CliError {
             CliError::Publish(error) => Some(error),
             #[cfg(feature = "elasticsearch")]
             CliError::Elasticsearch(error) => Some(error),
+            #[cfg(feature = "grafana")]
+            CliError::Grafana(error) => Some(error),
         }
     }
 }

@@ -12,6 +12,8 @@ mod echo;
 #[cfg(feature = "elasticsearch")]
 mod elasticsearch_args;
 mod error;
+#[cfg(feature = "grafana")]
+mod grafana_args;
 mod plan;
 
 use std::io::Write;
