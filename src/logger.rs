@@ -11,7 +11,7 @@ use crate::publish::worker::Payload;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
-use crate::store::{Record, Store};
+use crate::store::{Interner, Record, Store};
 
 /// The error recorded when an [`EventGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the event's thread panicked before the event ended";
@@ -140,21 +140,21 @@ impl TelemetryLogger {
 
     /// Every retained record, in flight and finished, in the order the events started.
     pub fn all_metrics(&self) -> Vec<EventMetrics> {
-        self.store.select(|r| Some(r.to_public()))
+        self.store.select(|r, names| Some(r.to_public(names)))
     }
 
     /// The retained failed events, in the order they started.
     pub fn failed_events(&self) -> Vec<EventMetrics> {
         self.store
-            .select(|r| (r.status == Status::Failed).then(|| r.to_public()))
+            .select(|r, names| (r.status == Status::Failed).then(|| r.to_public(names)))
     }
 
     /// The retained finished events that ran strictly longer than `threshold`, in the order
     /// they started.
     pub fn slow_events(&self, threshold: Duration) -> Vec<EventMetrics> {
         let threshold = crate::record::nanos(threshold);
-        self.store.select(|r| {
-            (r.status != Status::Pending && r.duration_ns > threshold).then(|| r.to_public())
+        self.store.select(|r, names| {
+            (r.status != Status::Pending && r.duration_ns > threshold).then(|| r.to_public(names))
         })
     }
 
@@ -367,8 +367,11 @@ impl Record for EventRecord {
         self.start_mono
     }
 
-    fn payload(&self) -> Payload {
-        Payload::EventRecord(self.clone())
+    fn payload(&self, names: &Interner) -> Payload {
+        Payload::EventRecord(EventRecord {
+            event_name: self.event_name.detached(names),
+            ..self.clone()
+        })
     }
 
     fn account(totals: &mut EventTotals, finished: &Self) {

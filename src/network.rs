@@ -11,7 +11,7 @@ use crate::publish::worker::Payload;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, NetworkMetrics, NetworkRecord, DEFAULT_OPERATION};
 use crate::report::NetworkCounts;
-use crate::store::{Record, Store};
+use crate::store::{Interner, Record, Store};
 
 /// The error recorded when a [`NetworkGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the operation's thread panicked before the operation ended";
@@ -126,7 +126,7 @@ impl NetworkTelemetry {
 
     /// Every retained operation, in flight and ended, in the order they started.
     pub fn all_metrics(&self) -> Vec<NetworkMetrics> {
-        self.store.select(|r| Some(r.to_public()))
+        self.store.select(|r, names| Some(r.to_public(names)))
     }
 
     /// The retained failed operations, by task id (the newest, if an id was reused).
@@ -146,7 +146,7 @@ impl NetworkTelemetry {
     ) -> BTreeMap<String, NetworkMetrics> {
         // `select` lists in start order, so a reused id ends up mapped to its newest run.
         self.store
-            .select(|r| keep(r).then(|| r.to_public()))
+            .select(|r, names| keep(r).then(|| r.to_public(names)))
             .into_iter()
             .map(|m| (m.task_id.clone(), m))
             .collect()
@@ -315,8 +315,12 @@ impl Record for NetworkRecord {
         self.start_mono
     }
 
-    fn payload(&self) -> Payload {
-        Payload::NetworkRecord(self.clone())
+    fn payload(&self, names: &Interner) -> Payload {
+        Payload::NetworkRecord(NetworkRecord {
+            host: self.host.detached(names),
+            operation: self.operation.detached(names),
+            ..self.clone()
+        })
     }
 
     fn account(totals: &mut NetworkCounts, finished: &Self) {

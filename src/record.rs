@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::store::TaskId;
+use crate::store::{Interner, Name, TaskId};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
@@ -264,7 +264,7 @@ fn wall(ns: u64) -> SystemTime {
 #[derive(Debug, Clone)]
 pub(crate) struct EventRecord {
     pub(crate) task_id: TaskId,
-    pub(crate) event_name: Arc<str>,
+    pub(crate) event_name: Name,
     pub(crate) error: Option<Arc<str>>,
     /// Wall-clock start in nanoseconds since the Unix epoch.
     pub(crate) start_wall_ns: u64,
@@ -279,10 +279,11 @@ pub(crate) struct EventRecord {
 }
 
 impl EventRecord {
-    pub(crate) fn to_public(&self) -> EventMetrics {
+    /// The public record; `names` is the interner of the shard the record lives in.
+    pub(crate) fn to_public(&self, names: &Interner) -> EventMetrics {
         let start_time = wall(self.start_wall_ns);
         EventMetrics {
-            event_name: self.event_name.to_string(),
+            event_name: self.event_name.as_str(names).to_owned(),
             task_id: self.task_id.to_string(),
             start_time,
             end_time: (self.status != Status::Pending)
@@ -299,8 +300,8 @@ impl EventRecord {
 #[derive(Debug, Clone)]
 pub(crate) struct NetworkRecord {
     pub(crate) task_id: TaskId,
-    pub(crate) host: Arc<str>,
-    pub(crate) operation: Arc<str>,
+    pub(crate) host: Name,
+    pub(crate) operation: Name,
     pub(crate) error: Option<Arc<str>>,
     pub(crate) start_wall_ns: u64,
     pub(crate) start_mono: u64,
@@ -313,11 +314,12 @@ pub(crate) struct NetworkRecord {
 }
 
 impl NetworkRecord {
-    pub(crate) fn to_public(&self) -> NetworkMetrics {
+    /// The public record; `names` is the interner of the shard the record lives in.
+    pub(crate) fn to_public(&self, names: &Interner) -> NetworkMetrics {
         let start_time = wall(self.start_wall_ns);
         NetworkMetrics {
             task_id: self.task_id.to_string(),
-            host: self.host.to_string(),
+            host: self.host.as_str(names).to_owned(),
             port: self.port,
             start_time,
             end_time: self
@@ -326,7 +328,7 @@ impl NetworkRecord {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             error: self.error.as_deref().map(str::to_owned),
-            operation: self.operation.to_string(),
+            operation: self.operation.as_str(names).to_owned(),
         }
     }
 }

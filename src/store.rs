@@ -38,7 +38,8 @@ pub(crate) trait Record: Clone + Send + 'static {
     fn key_hash(&self) -> u32;
     /// Monotonic start, used to list records in the order they started.
     fn start_mono(&self) -> u64;
-    fn payload(&self) -> Payload;
+    /// The record as handed to publishers, its names detached from the shard.
+    fn payload(&self, names: &Interner) -> Payload;
     fn account(totals: &mut Self::Totals, finished: &Self);
     fn merge(into: &mut Self::Totals, from: &Self::Totals);
 }
@@ -63,29 +64,64 @@ pub(crate) const MAX_SHARDS: usize = 16;
 /// clock again: wall-clock adjustments show within this time.
 const WALL_ANCHOR_AGE_NS: u64 = 1_000_000_000;
 
-/// Names seen often (event names, hosts, operations), shared by the records that carry them
-/// so a record costs no allocation for them. Bounded: past [`Interner::CAPACITY`] distinct
-/// names, further ones are allocated per record.
+/// Names seen often (event names, hosts, operations), kept once per shard so a record holds
+/// a 4-byte index instead of its own copy: no allocation, and, unlike a shared `Arc`, no
+/// reference count that two cores would pass back and forth. Bounded: past
+/// [`Interner::CAPACITY`] distinct names, further ones are allocated per record.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    names: HashTable<Arc<str>>,
+    index: HashTable<u32>,
+    names: Vec<Arc<str>>,
+}
+
+/// A name as a record holds it.
+#[derive(Debug, Clone)]
+pub(crate) enum Name {
+    /// Position in the shard's [`Interner`].
+    Shared(u32),
+    /// Its own copy: the interner was full, or the record left its shard (for a publisher).
+    Own(Arc<str>),
+}
+
+impl Name {
+    pub(crate) fn as_str<'a>(&'a self, names: &'a Interner) -> &'a str {
+        match self {
+            Name::Shared(id) => names.names.get(*id as usize).map_or("", |n| n),
+            Name::Own(name) => name,
+        }
+    }
+
+    /// The name made independent of its shard's interner.
+    pub(crate) fn detached(&self, names: &Interner) -> Name {
+        match self {
+            Name::Shared(id) => names
+                .names
+                .get(*id as usize)
+                .map_or_else(|| Name::Own(Arc::from("")), |n| Name::Own(Arc::clone(n))),
+            own => own.clone(),
+        }
+    }
 }
 
 impl Interner {
     const CAPACITY: usize = 1024;
 
-    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
-        let hash = foldhash::fast::FixedState::default().hash_one(name);
-        if let Some(shared) = self.names.find(hash, |n| **n == *name) {
-            return Arc::clone(shared);
+    pub(crate) fn get(&mut self, name: &str) -> Name {
+        let state = foldhash::fast::FixedState::default();
+        let hash = state.hash_one(name);
+        let names = &self.names;
+        if let Some(&id) = self.index.find(hash, |&id| *names[id as usize] == *name) {
+            return Name::Shared(id);
         }
-        let shared: Arc<str> = Arc::from(name);
-        if self.names.len() < Self::CAPACITY {
-            let state = foldhash::fast::FixedState::default();
-            self.names
-                .insert_unique(hash, Arc::clone(&shared), |n| state.hash_one(&**n));
+        if self.names.len() >= Self::CAPACITY {
+            return Name::Own(Arc::from(name));
         }
-        shared
+        let id = self.names.len() as u32;
+        self.names.push(Arc::from(name));
+        let names = &self.names;
+        self.index
+            .insert_unique(hash, id, |&i| state.hash_one(&*names[i as usize]));
+        Name::Shared(id)
     }
 }
 
@@ -156,15 +192,17 @@ impl<R: Record> Shard<R> {
         &self.finished[(seq - self.first_seq) as usize]
     }
 
-    fn newest_finished(&mut self, key_hash: u32, task_id: &str) -> Option<&R> {
+    /// The sequence number of the newest finished record with this id.
+    fn newest_finished(&mut self, key_hash: u32, task_id: &str) -> Option<u64> {
         if self.index.is_none() {
             self.build_index();
         }
         let index = self.index.as_ref()?;
-        let seq = *index.find(index_hash(key_hash), |&seq| {
-            self.finished[(seq - self.first_seq) as usize].task_id() == task_id
-        })?;
-        Some(self.at(seq))
+        index
+            .find(index_hash(key_hash), |&seq| {
+                self.finished[(seq - self.first_seq) as usize].task_id() == task_id
+            })
+            .copied()
     }
 
     fn build_index(&mut self) {
@@ -413,7 +451,7 @@ impl<R: Record> Store<R> {
         R::account(&mut shard.totals, &record);
         shard
             .publishers
-            .offer(&self.dispatcher, || record.payload());
+            .offer(&self.dispatcher, || record.payload(&shard.names));
         let evicted = shard.keep(record, &self.budget);
         // Freeing evicted records is the slowest part; do it without holding the lock.
         drop(guard);
@@ -423,22 +461,24 @@ impl<R: Record> Store<R> {
 
     /// Applies `read` to the record with this id: the in-flight one if there is one, else the
     /// newest retained finished one.
-    pub(crate) fn get<T>(&self, task_id: &str, read: impl FnOnce(&R) -> T) -> Option<T> {
-        let (hash, mut shard) = self.locate(task_id);
+    pub(crate) fn get<T>(&self, task_id: &str, read: impl FnOnce(&R, &Interner) -> T) -> Option<T> {
+        let (hash, mut guard) = self.locate(task_id);
+        let shard = &mut *guard;
         if let Some(record) = shard.in_flight.find(hash, |r| r.task_id() == task_id) {
-            return Some(read(record));
+            return Some(read(record, &shard.names));
         }
-        shard.newest_finished(hash as u32, task_id).map(read)
+        let seq = shard.newest_finished(hash as u32, task_id)?;
+        Some(read(shard.at(seq), &shard.names))
     }
 
     /// Collects from every retained record (in flight and finished) the ones `pick` keeps,
     /// in the order they started.
-    pub(crate) fn select<T>(&self, mut pick: impl FnMut(&R) -> Option<T>) -> Vec<T> {
+    pub(crate) fn select<T>(&self, mut pick: impl FnMut(&R, &Interner) -> Option<T>) -> Vec<T> {
         let mut picked = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for record in shard.in_flight.iter().chain(shard.finished.iter()) {
-                if let Some(t) = pick(record) {
+                if let Some(t) = pick(record, &shard.names) {
                     picked.push((record.start_mono(), t));
                 }
             }
@@ -538,10 +578,10 @@ mod tests {
         for i in 0..5 {
             finish(&s, &format!("t{i}"), i);
         }
-        let kept: Vec<String> = s.select(|r| Some(r.task_id.to_string()));
+        let kept: Vec<String> = s.select(|r, _| Some(r.task_id.to_string()));
         assert_eq!(kept, ["t2", "t3", "t4"]);
-        assert!(s.get("t0", |_| ()).is_none());
-        assert!(s.get("t4", |_| ()).is_some());
+        assert!(s.get("t0", |_, _| ()).is_none());
+        assert!(s.get("t4", |_, _| ()).is_some());
     }
 
     #[test]
@@ -549,11 +589,11 @@ mod tests {
         let s = store(2, 1);
         finish(&s, "same", 0);
         finish(&s, "same", 1);
-        assert_eq!(s.get("same", |r| r.start_mono), Some(1));
+        assert_eq!(s.get("same", |r, _| r.start_mono), Some(1));
         finish(&s, "other", 2); // evicts the first "same"
-        assert_eq!(s.get("same", |r| r.start_mono), Some(1));
+        assert_eq!(s.get("same", |r, _| r.start_mono), Some(1));
         finish(&s, "other2", 3); // evicts the second
-        assert_eq!(s.get("same", |r| r.start_mono), None);
+        assert_eq!(s.get("same", |r, _| r.start_mono), None);
     }
 
     #[test]
@@ -579,7 +619,7 @@ mod tests {
             finish(&s, &format!("task-{i}"), i);
         }
         assert_eq!(s.retained_len(), 100_000);
-        assert!(s.get("task-0", |_| ()).is_some());
+        assert!(s.get("task-0", |_, _| ()).is_some());
         finish(&s, "one-more", 100_000);
         assert_eq!(s.retained_len(), 100_000);
     }
@@ -590,15 +630,15 @@ mod tests {
         for i in 0..40 {
             finish(&s, &format!("t{i}"), i);
         }
-        assert_eq!(s.get("t5", |r| r.start_mono), Some(5));
+        assert_eq!(s.get("t5", |r, _| r.start_mono), Some(5));
         for i in 40..100 {
             finish(&s, &format!("t{}", i % 70), i);
         }
         // Runs 0..50 were evicted; ids t0..t29 were reused by runs 70..100.
-        assert_eq!(s.get("t45", |r| r.start_mono), None);
-        assert_eq!(s.get("t5", |r| r.start_mono), Some(75));
-        assert_eq!(s.get("t60", |r| r.start_mono), Some(60));
-        assert_eq!(s.get("t2", |r| r.start_mono), Some(72));
+        assert_eq!(s.get("t45", |r, _| r.start_mono), None);
+        assert_eq!(s.get("t5", |r, _| r.start_mono), Some(75));
+        assert_eq!(s.get("t60", |r, _| r.start_mono), Some(60));
+        assert_eq!(s.get("t2", |r, _| r.start_mono), Some(72));
         let shard = s.shards[0].lock().unwrap();
         assert_eq!(shard.index.as_ref().unwrap().len(), shard.finished.len());
     }
@@ -617,23 +657,27 @@ mod tests {
     #[test]
     fn names_are_shared_up_to_the_interner_capacity() {
         let mut names = Interner::default();
-        let a = names.get("load");
-        assert!(Arc::ptr_eq(&a, &names.get("load")));
+        let load = names.get("load");
+        assert!(
+            matches!((&load, names.get("load")), (Name::Shared(a), Name::Shared(b)) if *a == b)
+        );
         for i in 0..Interner::CAPACITY {
             names.get(&i.to_string());
         }
         let late = names.get("late");
-        assert!(!Arc::ptr_eq(&late, &names.get("late")));
-        assert_eq!(&*late, "late");
+        assert!(matches!(late, Name::Own(_)));
+        assert_eq!(late.as_str(&names), "late");
+        assert_eq!(load.as_str(&names), "load");
+        assert!(matches!(load.detached(&names), Name::Own(n) if &*n == "load"));
     }
 
     #[test]
     fn zero_retention_keeps_nothing_but_finds_in_flight() {
         let s = store(0, 4);
         s.start("a", |st| record(st, 0)).unwrap();
-        assert!(s.get("a", |_| ()).is_some());
+        assert!(s.get("a", |_, _| ()).is_some());
         s.finish("a", |_| ()).unwrap();
-        assert!(s.get("a", |_| ()).is_none());
+        assert!(s.get("a", |_, _| ()).is_none());
         assert_eq!(s.retained_len(), 0);
     }
 

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, Tr
 use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
+use crate::store::Interner;
 
 /// A record on its way to a publisher: the store's compact form (converted on the worker
 /// thread, off the caller's path) or a public record already built.
@@ -227,9 +228,14 @@ fn run(publisher: Box<dyn MetricsPublisher>, rx: Receiver<Message>, counters: &C
 
 fn deliver(publisher: &dyn MetricsPublisher, payload: Payload) -> Result<(), PublishError> {
     match payload {
-        Payload::EventRecord(record) => publisher.publish_event_metrics(&record.to_public()),
+        // Payload records carry their own names, so they need no shard's interner.
+        Payload::EventRecord(record) => {
+            publisher.publish_event_metrics(&record.to_public(&Interner::default()))
+        }
         Payload::Event(metrics) => publisher.publish_event_metrics(&metrics),
-        Payload::NetworkRecord(record) => publisher.publish_network_metrics(&record.to_public()),
+        Payload::NetworkRecord(record) => {
+            publisher.publish_network_metrics(&record.to_public(&Interner::default()))
+        }
         Payload::Network(metrics) => publisher.publish_network_metrics(&metrics),
     }
 }
