@@ -32,6 +32,12 @@
 //!
 //! The functions of the original Python API (`monitor_events`, `get_metrics`, ...) work over a
 //! process-wide instance in [`global`].
+//!
+//! # Backends
+//! Each lives in its own module behind a cargo feature of the same name (all on by default):
+//! `prometheus` (a scrape endpoint), `grafana` (Grafana Cloud through Prometheus remote write)
+//! and `elasticsearch` (bulk indexing). The Prometheus and Grafana Cloud publishers read one
+//! series model, so a dashboard serves both.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
@@ -73,7 +79,12 @@ pub use telemetry::Telemetry;
 /// The threshold the original uses for slow events and operations: one second.
 pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(1);
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (they use every backend).
+#[cfg(all(
+    doctest,
+    feature = "prometheus",
+    feature = "grafana",
+    feature = "elasticsearch"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
