@@ -225,8 +225,23 @@ impl Serialize for NetworkMetrics {
 /// let t = UNIX_EPOCH + Duration::from_micros(1_500_000);
 /// assert_eq!(pipeline_telemetry::record::rfc3339(t), "1970-01-01T00:00:01.500000Z");
 /// ```
+///
+/// RFC 3339 years have four digits, so times are clamped to 1970-01-01T00:00:00Z ..
+/// 9999-12-31T23:59:59.999999Z (a record built by hand may hold any `SystemTime`).
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use pipeline_telemetry::record::rfc3339;
+/// assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01T00:00:00.000000Z");
+/// ```
 pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_micros(time).to_string()
+    // The first instant of year 10000, less one microsecond.
+    const LAST: Duration = Duration::from_micros(253_402_300_800_000_000 - 1);
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .min(LAST);
+    humantime::format_rfc3339_micros(SystemTime::UNIX_EPOCH + since_epoch).to_string()
 }
 
 fn span(start: SystemTime, end: Option<SystemTime>) -> Duration {
@@ -353,6 +368,24 @@ mod tests {
         assert_eq!(m.duration(), Duration::ZERO);
         m.end_time = Some(now - Duration::from_secs(1));
         assert_eq!(m.duration(), Duration::ZERO);
+    }
+
+    #[test]
+    fn times_outside_rfc3339_years_are_clamped_not_a_panic() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999999Z");
+        let m = EventMetrics {
+            event_name: "e".into(),
+            task_id: "t".into(),
+            start_time: SystemTime::UNIX_EPOCH - Duration::from_secs(1),
+            end_time: Some(far),
+            status: Status::Completed,
+            error: None,
+            retry_count: 0,
+            process_id: 1,
+        };
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["start_time"], "1970-01-01T00:00:00.000000Z");
     }
 
     #[test]
