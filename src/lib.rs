@@ -56,6 +56,8 @@ pub mod prometheus;
 pub mod publish;
 pub mod record;
 pub mod report;
+#[cfg(any(feature = "elasticsearch", feature = "grafana"))]
+mod secret;
 #[cfg(feature = "series")]
 pub(crate) mod series;
 mod store;

@@ -4,7 +4,6 @@
 //! Everything here is checked when it is set or at [`build`](ElasticsearchBuilder::build), so
 //! a publisher that was built never fails for a reason of configuration at its first flush.
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,48 +48,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// `-network-YYYY.MM.DD` (19 bytes).
 pub const MAX_INDEX_PREFIX_BYTES: usize = 255 - "-network-YYYY.MM.DD".len();
 
-/// A password, API key or token. Its `Debug` output is `Secret("***")`; it has no `Display`,
-/// so it cannot end up in logs or error messages by accident.
-///
-/// ```
-/// use pipeline_telemetry::elasticsearch::Secret;
-///
-/// let key = Secret::new("c2VjcmV0");
-/// assert_eq!(format!("{key:?}"), "Secret(\"***\")");
-/// assert_eq!(key.expose(), "c2VjcmV0");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Box<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into().into_boxed_str())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"***\")")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret::new(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret::new(value)
-    }
-}
+use crate::secret::basic_auth;
+pub use crate::secret::Secret;
 
 /// How the publisher authenticates. `Debug` shows the kind and the username, never a secret.
 ///
@@ -125,36 +84,11 @@ impl Credentials {
     pub(crate) fn header(&self) -> Option<Secret> {
         match self {
             Credentials::None => None,
-            Credentials::Basic { username, password } => Some(Secret::new(format!(
-                "Basic {}",
-                base64(format!("{username}:{}", password.expose()).as_bytes())
-            ))),
+            Credentials::Basic { username, password } => Some(basic_auth(username, password)),
             Credentials::ApiKey(key) => Some(Secret::new(format!("ApiKey {}", key.expose()))),
             Credentials::Bearer(token) => Some(Secret::new(format!("Bearer {}", token.expose()))),
         }
     }
-}
-
-/// Standard base64 with padding (RFC 4648), for the basic auth header.
-pub(crate) fn base64(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Checks a credential that goes into a header verbatim: visible ASCII only.
@@ -794,21 +728,6 @@ mod tests {
             );
         }
         assert!(validate_index_prefix(&"a".repeat(MAX_INDEX_PREFIX_BYTES)).is_ok());
-    }
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! Everything is checked at construction, so a publisher that was built never fails for a
 //! reason of configuration at its first push.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,48 +43,8 @@ pub(crate) const USER_AGENT: &str = concat!(
     " (grafana-cloud remote-write)"
 );
 
-/// An API key (or any password). Its `Debug` output is `Secret("***")`; it has no `Display`,
-/// so it cannot end up in logs or error messages by accident.
-///
-/// ```
-/// use pipeline_telemetry::grafana::Secret;
-///
-/// let key = Secret::new("glc_eyJvIjoi");
-/// assert_eq!(format!("{key:?}"), "Secret(\"***\")");
-/// assert_eq!(key.expose(), "glc_eyJvIjoi");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Box<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into().into_boxed_str())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"***\")")
-    }
-}
-
-impl From<String> for Secret {
-    fn from(value: String) -> Self {
-        Secret::new(value)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(value: &str) -> Self {
-        Secret::new(value)
-    }
-}
+pub(crate) use crate::secret::basic_auth;
+pub use crate::secret::Secret;
 
 /// The checked remote-write URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,36 +176,6 @@ pub(crate) fn check_key(key: &Secret) -> Result<(), GrafanaError> {
     Ok(())
 }
 
-/// `Basic base64(user:key)`.
-pub(crate) fn basic_auth(user: &str, key: &Secret) -> Secret {
-    Secret::new(format!(
-        "Basic {}",
-        base64(format!("{user}:{}", key.expose()).as_bytes())
-    ))
-}
-
-/// Standard base64 with padding (RFC 4648).
-pub(crate) fn base64(input: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The `instance` label unless configured otherwise: `HOSTNAME:PID`, so that two processes on
 /// one machine never write the same series (which Grafana Cloud would refuse as out of order).
 pub(crate) fn default_instance() -> String {
@@ -293,25 +222,6 @@ pub(crate) fn scrub(text: &str, secrets: &[Secret]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-        assert_eq!(
-            basic_auth("test-org", &Secret::new("test-key")).expose(),
-            "Basic dGVzdC1vcmc6dGVzdC1rZXk="
-        );
-    }
 
     #[test]
     fn endpoints_are_checked_and_the_reason_is_specific() {
