@@ -86,7 +86,7 @@ pub use error::GrafanaError;
 
 use crate::publish::{MetricsPublisher, PipelineHealth, PublishError};
 use crate::record::{EventMetrics, NetworkMetrics};
-use crate::series::{self, PipelineSeries, SeriesConfig};
+use crate::series::{self, is_metric_name, PipelineSeries, SeriesConfig};
 use config::Settings;
 use remote_write::Encoder;
 use service::{Command, Failure, Service, Shared};
@@ -947,13 +947,4 @@ impl GrafanaCloudBuilder {
             encoder: Mutex::new(None),
         })
     }
-}
-
-/// Whether `name` is a valid Prometheus metric name.
-fn is_metric_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use prost::encoding::encoded_len_varint;
 
-use crate::series::{FamilySnapshot, Kind, Value};
+use crate::series::{le_string, FamilySnapshot, Kind, Value};
 
 /// `prometheus.WriteRequest`.
 // Written by `Encoder` directly; built as a message only by the tests, as the oracle.
@@ -255,12 +255,6 @@ impl std::fmt::Debug for Encoder {
             .field("instance", &self.instance)
             .finish_non_exhaustive()
     }
-}
-
-/// An `le` value exactly as the scrape endpoint writes it (`0.005`, `1.0`, `10.0`), so both
-/// paths store the same series.
-pub(crate) fn le_string(bound: f64) -> String {
-    format!("{bound:?}")
 }
 
 /// The metadata of `families`: type and help under the name Grafana looks them up by.

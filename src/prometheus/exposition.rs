@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::series::{FamilySnapshot, HistogramSnapshot, Kind, SeriesSnapshot, Value};
+use crate::series::{le_string, FamilySnapshot, HistogramSnapshot, Kind, SeriesSnapshot, Value};
 
 /// The two text formats a scrape can be answered in.
 ///
@@ -217,12 +217,6 @@ pub(crate) fn push_f64(out: &mut String, v: f64) {
     } else {
         let _ = write!(out, "{v}");
     }
-}
-
-/// An `le` value as the Python client writes it (`0.005`, `1.0`, `10.0`), so queries that name
-/// a bucket keep matching.
-fn le_string(bound: f64) -> String {
-    format!("{bound:?}")
 }
 
 /// Writes the families in `format`, without a trailing `# EOF` (see [`finish`]).

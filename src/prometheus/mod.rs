@@ -69,7 +69,7 @@ pub use exposition::ExpositionFormat;
 
 use crate::publish::{MetricsPublisher, PipelineHealth, PublishError};
 use crate::record::{EventMetrics, NetworkMetrics};
-use crate::series::{self, Kind, PipelineSeries, SeriesConfig};
+use crate::series::{self, is_metric_name, Kind, PipelineSeries, SeriesConfig};
 use server::Server;
 
 /// The histogram buckets used unless configured otherwise, in seconds (`+Inf` is implicit):
@@ -484,15 +484,6 @@ impl PrometheusBuilder {
             addr: None,
         })
     }
-}
-
-/// Whether `name` is a valid Prometheus metric name.
-fn is_metric_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
 /// Refuses a registry that exposes a name one of our families uses (a family or sample name,

@@ -111,6 +111,21 @@ impl FamilySnapshot {
     }
 }
 
+/// Whether `name` is a valid Prometheus metric name.
+pub(crate) fn is_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+/// An `le` value as the Python client writes it (`0.005`, `1.0`, `10.0`), so queries that name
+/// a bucket keep matching, and the scrape and the push store the same series.
+pub(crate) fn le_string(bound: f64) -> String {
+    format!("{bound:?}")
+}
+
 /// A monotonic integer counter.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
