@@ -304,13 +304,7 @@ impl GrafanaCloudPublisher {
     /// # Ok::<(), pipeline_telemetry::grafana::GrafanaError>(())
     /// ```
     pub fn write_request_body(&self) -> Vec<u8> {
-        let health = self
-            .shared
-            .health
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let families = self.shared.series.snapshot(health.as_ref());
+        let families = self.shared.series.snapshot_attached();
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -375,11 +369,7 @@ impl MetricsPublisher for GrafanaCloudPublisher {
     /// Keeps the pipeline's health handle, read at each push for the in-flight and
     /// `telemetry_*` series. Attached to several pipelines, the latest one is read.
     fn on_attach(&self, health: PipelineHealth) {
-        *self
-            .shared
-            .health
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(health);
+        self.shared.series.attach(health);
     }
 
     fn publish_event_metrics(&self, metrics: &EventMetrics) -> Result<(), PublishError> {

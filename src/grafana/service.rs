@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -23,7 +23,6 @@ use super::config::{scrub, Settings, USER_AGENT};
 use super::remote_write::Encoder;
 use super::retry::{decide, Backoff, Decision, Outcome};
 use super::GrafanaStats;
-use crate::publish::PipelineHealth;
 use crate::series::PipelineSeries;
 
 /// How often the families' metadata (type and help) goes along with a push.
@@ -128,7 +127,6 @@ fn set(slot: &Mutex<Option<String>>, value: String) {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) series: PipelineSeries,
-    pub(crate) health: RwLock<Option<PipelineHealth>>,
     pub(crate) counters: Counters,
 }
 
@@ -136,7 +134,6 @@ impl Shared {
     pub(crate) fn new(series: PipelineSeries) -> Self {
         Shared {
             series,
-            health: RwLock::new(None),
             counters: Counters::default(),
         }
     }
@@ -358,13 +355,7 @@ impl Service {
         let seq = self.next_seq;
         self.next_seq += 1;
         bump(&self.shared.counters.pushes, 1);
-        let health = self
-            .shared
-            .health
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let families = self.shared.series.snapshot(health.as_ref());
+        let families = self.shared.series.snapshot_attached();
         let timestamp = self.timestamp();
         let now = Instant::now();
         let metadata = self

@@ -59,7 +59,7 @@ mod server;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
@@ -138,19 +138,13 @@ pub struct PrometheusPublisher {
 struct Shared {
     series: PipelineSeries,
     registry: Option<Arc<Registry>>,
-    health: RwLock<Option<PipelineHealth>>,
     /// Size of the last rendering, to allocate the next one at once.
     last_len: AtomicUsize,
 }
 
 impl Shared {
     fn render(&self, format: ExpositionFormat) -> String {
-        let health = self
-            .health
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let families = self.series.snapshot(health.as_ref());
+        let families = self.series.snapshot_attached();
         let mut out = String::with_capacity(self.last_len.load(Ordering::Relaxed) + 256);
         exposition::encode(&mut out, &families, format);
         if let Some(registry) = &self.registry {
@@ -253,11 +247,7 @@ impl MetricsPublisher for PrometheusPublisher {
     /// Keeps the pipeline's health handle to read in-flight records and publisher health at
     /// each scrape. Attached to several pipelines, the latest one is read.
     fn on_attach(&self, health: PipelineHealth) {
-        *self
-            .shared
-            .health
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(health);
+        self.shared.series.attach(health);
     }
 
     fn publish_event_metrics(&self, metrics: &EventMetrics) -> Result<(), PublishError> {
@@ -477,7 +467,6 @@ impl PrometheusBuilder {
             shared: Arc::new(Shared {
                 series,
                 registry: self.registry,
-                health: RwLock::new(None),
                 last_len: AtomicUsize::new(0),
             }),
             server: Mutex::new(None),

@@ -39,7 +39,7 @@ mod labels;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub(crate) use histogram::{check_buckets, HistogramSnapshot, DEFAULT_BUCKETS};
 pub(crate) use labels::OTHER;
@@ -217,6 +217,9 @@ pub(crate) struct PipelineSeries {
     config: SeriesConfig,
     events: LabelSlots<EventSlot>,
     operations: LabelSlots<OperationSlot>,
+    /// The pipeline the series come from, once attached: read at each snapshot for the
+    /// in-flight and `telemetry_*` families.
+    health: RwLock<Option<PipelineHealth>>,
 }
 
 impl PipelineSeries {
@@ -226,7 +229,24 @@ impl PipelineSeries {
             events: LabelSlots::new("event_name", cap, EventSlot::new(&config.buckets)),
             operations: LabelSlots::new("operation", cap, OperationSlot::new(&config.buckets)),
             config,
+            health: RwLock::new(None),
         }
+    }
+
+    /// Reads the pipeline's own figures from `health` from now on. Attached to several
+    /// pipelines, the latest one is read.
+    pub(crate) fn attach(&self, health: PipelineHealth) {
+        *self.health.write().unwrap_or_else(|p| p.into_inner()) = Some(health);
+    }
+
+    /// Every family at this moment, with the attached pipeline's own figures.
+    pub(crate) fn snapshot_attached(&self) -> Vec<FamilySnapshot> {
+        let health = self
+            .health
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.snapshot(health.as_ref())
     }
 
     /// Aggregates a finished event: its duration under `{event_name, status}` and its retries
