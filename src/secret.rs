@@ -48,6 +48,18 @@ impl From<&str> for Secret {
     }
 }
 
+/// Checks a credential that goes into a header verbatim (an API key or token): it must be
+/// visible ASCII only. The error is the reason, for the backend's `InvalidCredential`.
+pub(crate) fn check_token(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("it is empty");
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("it contains spaces, control characters or non-ASCII characters");
+    }
+    Ok(())
+}
+
 /// `Basic base64(user:password)`, itself a secret.
 pub(crate) fn basic_auth(user: &str, password: &Secret) -> Secret {
     Secret::new(format!(
@@ -99,6 +111,19 @@ mod tests {
             basic_auth("test-org", &Secret::new("test-key")).expose(),
             "Basic dGVzdC1vcmc6dGVzdC1rZXk="
         );
+    }
+
+    #[test]
+    fn tokens_must_be_visible_ascii() {
+        assert_eq!(check_token("glc_abc="), Ok(()));
+        assert_eq!(check_token(""), Err("it is empty"));
+        for bad in ["a b", "a\n", "ключ", "tab\t"] {
+            assert_eq!(
+                check_token(bad),
+                Err("it contains spaces, control characters or non-ASCII characters"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

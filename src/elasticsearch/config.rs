@@ -93,19 +93,8 @@ impl Credentials {
 
 /// Checks a credential that goes into a header verbatim: visible ASCII only.
 fn check_token(kind: &'static str, value: &str) -> Result<(), ElasticsearchError> {
-    if value.is_empty() {
-        return Err(ElasticsearchError::InvalidCredential {
-            kind,
-            reason: "it is empty",
-        });
-    }
-    if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ElasticsearchError::InvalidCredential {
-            kind,
-            reason: "it contains spaces, control characters or non-ASCII characters",
-        });
-    }
-    Ok(())
+    crate::secret::check_token(value)
+        .map_err(|reason| ElasticsearchError::InvalidCredential { kind, reason })
 }
 
 /// One Elasticsearch node (or a proxy in front of a cluster): scheme, host, port and an

@@ -44,6 +44,7 @@ pub(crate) const USER_AGENT: &str = concat!(
 );
 
 pub(crate) use crate::secret::basic_auth;
+use crate::secret::check_token;
 pub use crate::secret::Secret;
 
 /// The checked remote-write URL.
@@ -161,19 +162,10 @@ pub(crate) fn check_user(user: &str) -> Result<(), GrafanaError> {
 
 /// Checks the API key.
 pub(crate) fn check_key(key: &Secret) -> Result<(), GrafanaError> {
-    let invalid = |reason| GrafanaError::InvalidCredential {
+    check_token(key.expose()).map_err(|reason| GrafanaError::InvalidCredential {
         kind: "API key",
         reason,
-    };
-    if key.expose().is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    if !key.expose().bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(
-            "it contains spaces, control characters or non-ASCII characters",
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// The `instance` label unless configured otherwise: `HOSTNAME:PID`, so that two processes on

@@ -405,7 +405,8 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{EventMetrics, NetworkMetrics, Status};
+    use crate::record::{NetworkMetrics, Status};
+    use crate::series::tests::event;
     use crate::series::{PipelineSeries, SeriesConfig};
     use proptest::prelude::*;
     use prost::Message as _;
@@ -485,20 +486,6 @@ mod tests {
         assert_eq!(raw.len(), encoded.raw_len);
         let request = WriteRequest::decode(&raw[..]).unwrap();
         (raw, request)
-    }
-
-    fn event(name: &str, status: Status, millis: u64, retries: u32) -> EventMetrics {
-        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        EventMetrics {
-            event_name: name.into(),
-            task_id: "t".into(),
-            start_time: start,
-            end_time: Some(start + Duration::from_millis(millis)),
-            status,
-            error: None,
-            retry_count: retries,
-            process_id: 1,
-        }
     }
 
     fn op(operation: &str, millis: u64, failed: bool) -> NetworkMetrics {

@@ -494,11 +494,13 @@ impl PipelineSeries {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
 
-    fn event(name: &str, status: Status, millis: u64, retries: u32) -> EventMetrics {
+    /// An event that started 1000 s after the epoch and took `millis`; also used by the
+    /// Grafana encoder's tests.
+    pub(crate) fn event(name: &str, status: Status, millis: u64, retries: u32) -> EventMetrics {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         EventMetrics {
             event_name: name.into(),

@@ -10,6 +10,10 @@ use pipeline_telemetry::elasticsearch::{ElasticsearchPublisher, TemplateStatus};
 use pipeline_telemetry::Telemetry;
 use serde_json::Value;
 
+#[path = "basic_auth.rs"]
+mod basic_auth;
+pub use basic_auth::basic;
+
 struct Cluster {
     url: String,
     agent: ureq::Agent,
@@ -66,10 +70,7 @@ pub fn round_trip(target: &Target) {
         auth = Some(format!("ApiKey {key}"));
     } else if let Some((user, password)) = &target.basic {
         builder = builder.basic_auth(user, password.as_str()).unwrap();
-        auth = Some(format!(
-            "Basic {}",
-            base64(format!("{user}:{password}").as_bytes())
-        ));
+        auth = Some(basic(user, password));
     }
     let mut tls = ureq::tls::TlsConfig::builder();
     if let Some(path) = &target.ca_cert {
@@ -163,22 +164,4 @@ pub fn round_trip(target: &Target) {
     }
     let (status, _) = cluster.request("DELETE", &format!("/_index_template/{prefix}"));
     assert_eq!(status, 200);
-}
-
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                char::from(T[((n >> (18 - 6 * i)) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }

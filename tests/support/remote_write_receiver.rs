@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 
+#[path = "basic_auth.rs"]
+mod basic_auth;
+pub use basic_auth::basic;
+
 /// `prometheus.WriteRequest` (remote write 1.0).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {
@@ -155,29 +159,6 @@ impl Reply {
 
 /// What answers requests; gets the request and how many came before it.
 pub type Handler = Arc<dyn Fn(&Request, usize) -> Reply + Send + Sync>;
-
-/// `Basic base64(user:password)`.
-pub fn basic(user: &str, password: &str) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{password}").into_bytes();
-    let mut out = String::from("Basic ");
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
 
 /// A proxy that demands `Authorization: expected` (answering 401 otherwise, as Grafana Cloud
 /// does) and forwards the rest to Prometheus' remote-write receiver at `prometheus`.
