@@ -12,6 +12,12 @@
 //!   `min(max, initial × 2ⁿ⁻¹)`); a host that failed is skipped while others are up.
 //! - Every document carries a sequence number, so a flush waits exactly for the documents
 //!   pushed before it, however many arrive meanwhile.
+//! - A document leaves the buffer or the batch being sent in the same critical section (under
+//!   the state lock) as its outcome is counted, and [`StatsHandle::stats`] reads under that
+//!   lock, so no snapshot counts a document twice (say as `dropped` and `in_flight`) or not
+//!   at all: `accepted = sent + refused + dropped + buffered + in_flight` holds in every one.
+//!
+//! [`StatsHandle::stats`]: super::StatsHandle::stats
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -116,6 +122,14 @@ impl Shared {
         (st.buffer.len(), st.in_flight_docs)
     }
 
+    /// Runs `read` with the documents waiting and in flight, under the state lock: outcome
+    /// counters change under the same lock as the documents leave the buffer or the batch,
+    /// so what `read` loads from [`Counters`] is consistent with those two figures.
+    pub(crate) fn with_occupancy<T>(&self, read: impl FnOnce(usize, usize) -> T) -> T {
+        let st = self.lock();
+        read(st.buffer.len(), st.in_flight_docs)
+    }
+
     /// Buffers one encoded document, dropping the oldest waiting ones past the bounds.
     pub(crate) fn push(&self, bytes: Vec<u8>) -> Result<(), Closed> {
         let len = bytes.len();
@@ -142,8 +156,10 @@ impl Shared {
             retries: 0,
         });
         st.bytes += len;
-        // Counted under the lock, so `accepted` never trails `buffered` in a snapshot.
+        // Counted under the lock, so a snapshot never shows `accepted` trailing `buffered`,
+        // nor the dropped documents gone from `buffered` but not yet in `dropped`.
         Counters::add(&self.counters.accepted, 1);
+        Counters::add(&self.counters.dropped_buffer_full, dropped);
         let wake = if was_empty {
             st.oldest_since = Some(Instant::now());
             true
@@ -160,7 +176,6 @@ impl Shared {
         }
         drop(st);
         if dropped > 0 {
-            Counters::add(&self.counters.dropped_buffer_full, dropped);
             self.progress.notify_all();
             if warn {
                 tracing::warn!(
@@ -309,9 +324,13 @@ impl Shared {
         self.progress.notify_all();
     }
 
-    /// The number of documents still in the batch being sent changed.
-    fn set_in_flight(&self, docs: usize) {
-        self.lock().in_flight_docs = docs;
+    /// Some documents of the batch being sent got their outcome: `count` adds them to the
+    /// counters, and `left` documents are still in flight. Both happen under the state lock,
+    /// so no snapshot sees a document counted and still in flight, or neither.
+    fn settle(&self, left: usize, count: impl FnOnce(&Counters)) {
+        let mut st = self.lock();
+        count(&self.counters);
+        st.in_flight_docs = left;
     }
 
     fn closing_deadline(&self) -> Option<Instant> {
@@ -373,7 +392,10 @@ impl Drop for FinishGuard {
                 "the sender thread panicked; the publisher is closed"
             );
             self.0.close(Instant::now());
+            // The batch being sent is given up with the rest: count it, so that the figures
+            // still add up to `accepted`.
             let mut st = self.0.lock();
+            Counters::add(&self.0.counters.dropped_shutdown, st.in_flight_docs);
             st.in_flight = None;
             st.in_flight_docs = 0;
         }
@@ -436,36 +458,49 @@ impl Sender {
     }
 
     /// Sends one batch until every document has an outcome.
+    ///
+    /// Each outcome is counted through [`Shared::settle`], together with the new number of
+    /// documents in flight. Once shutdown's deadline has passed, what is left of the batch is
+    /// given up (counted in `dropped_shutdown`) before any further call: each HTTP call is cut
+    /// short at the deadline, except one already under way when shutdown was asked, which
+    /// ends within the request timeout.
     fn deliver(&mut self, mut docs: Vec<Doc>) {
         let mut failures = 0u32;
         while !docs.is_empty() {
             let now = Instant::now();
-            let closing = self.shared.closing_deadline();
-            if closing.is_some_and(|d| now >= d) {
-                Counters::add(&self.counters().dropped_shutdown, docs.len());
-                warn_shutdown_drop(docs.len());
+            if self.shared.closing_deadline().is_some_and(|d| now >= d) {
+                let left = docs.len();
+                self.shared
+                    .settle(0, |c| Counters::add(&c.dropped_shutdown, left));
+                warn_shutdown_drop(left);
                 return;
             }
-            let timeout = closing.map_or(self.request_timeout, |d| {
-                (d - now).clamp(Duration::from_millis(1), self.request_timeout)
-            });
             let host = self.health.pick(now);
-            let decision = match self.ensure_template(host, timeout) {
+            let decision = match self.ensure_template(host) {
                 Err(reason) => Decision::RetryRequest {
                     reason,
                     host_failed: true,
                 },
-                Ok(()) => self.send(host, &docs, timeout),
+                Ok(()) => self.send(host, &docs),
             };
+            // Outcomes of this attempt, counted below with the new in-flight figure.
+            let (mut stored, mut conflicts, mut refused) = (0usize, 0usize, 0usize);
             match decision {
                 Decision::Done(items) => {
                     self.health.success(host);
-                    self.record(&docs, &items);
+                    self.report_refusals(&docs, &items);
+                    self.shared.settle(0, |c| {
+                        Counters::add(&c.sent, items.stored);
+                        Counters::add(&c.conflicts, items.conflicts);
+                        Counters::add(&c.refused, items.refused.len());
+                    });
                     return;
                 }
                 Decision::RetryItems(items) => {
                     self.health.success(host);
-                    self.record(&docs, &items);
+                    self.report_refusals(&docs, &items);
+                    (stored, conflicts, refused) =
+                        (items.stored, items.conflicts, items.refused.len());
                     if let Some((_, reason)) = items.retry.first() {
                         Counters::set(&self.counters().last_error, Some(reason.clone()));
                     }
@@ -509,7 +544,8 @@ impl Sender {
                         documents = docs.len(),
                         "{text}"
                     );
-                    Counters::add(&self.counters().refused, docs.len());
+                    let n = docs.len();
+                    self.shared.settle(0, |c| Counters::add(&c.refused, n));
                     Counters::set(&self.counters().last_refusal, Some(text));
                     return;
                 }
@@ -521,8 +557,13 @@ impl Sender {
                 d.retries <= limit
             });
             let given_up = before - docs.len();
+            self.shared.settle(docs.len(), |c| {
+                Counters::add(&c.sent, stored);
+                Counters::add(&c.conflicts, conflicts);
+                Counters::add(&c.refused, refused);
+                Counters::add(&c.dropped_retry_limit, given_up);
+            });
             if given_up > 0 {
-                Counters::add(&self.counters().dropped_retry_limit, given_up);
                 tracing::error!(
                     publisher = "elasticsearch",
                     dropped = given_up,
@@ -530,7 +571,6 @@ impl Sender {
                      cluster"
                 );
             }
-            self.shared.set_in_flight(docs.len());
             if docs.is_empty() {
                 return;
             }
@@ -544,6 +584,19 @@ impl Sender {
         }
     }
 
+    /// The timeout of the next HTTP call: the request timeout, cut short at shutdown's
+    /// deadline (taken at each call, so a shutdown asked during the template's installation
+    /// shortens the calls that follow it).
+    fn call_timeout(&self) -> Duration {
+        let Some(deadline) = self.shared.closing_deadline() else {
+            return self.request_timeout;
+        };
+        deadline.saturating_duration_since(Instant::now()).clamp(
+            Duration::from_millis(1),
+            self.request_timeout.max(Duration::from_millis(1)),
+        )
+    }
+
     /// A random wait between zero and `min(max, initial × 2^(failures−1))`.
     fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(20);
@@ -555,8 +608,9 @@ impl Sender {
         Duration::from_nanos(fastrand::u64(0..=nanos))
     }
 
-    fn send(&mut self, host: usize, docs: &[Doc], timeout: Duration) -> Decision {
+    fn send(&mut self, host: usize, docs: &[Doc]) -> Decision {
         let raw = bulk_body(docs.iter().map(|d| &d.bytes[..]), self.gzip, &mut self.body);
+        let timeout = self.call_timeout();
         Counters::add(&self.counters().requests, 1);
         Counters::add(&self.counters().bytes_sent, self.body.len());
         tracing::trace!(
@@ -596,15 +650,9 @@ impl Sender {
         }
     }
 
-    /// Counts the final outcomes of a bulk response and reports refusals.
-    fn record(&self, docs: &[Doc], items: &Items) {
-        let c = self.counters();
-        Counters::add(&c.sent, items.stored);
-        Counters::add(&c.conflicts, items.conflicts);
-        if items.refused.is_empty() {
-            return;
-        }
-        Counters::add(&c.refused, items.refused.len());
+    /// Reports the documents of a bulk response refused for good (they are counted by the
+    /// caller, through [`Shared::settle`]).
+    fn report_refusals(&self, docs: &[Doc], items: &Items) {
         for (n, (pos, reason)) in items.refused.iter().enumerate() {
             let (index, id) = docs
                 .get(*pos)
@@ -616,7 +664,7 @@ impl Sender {
                 tracing::error!(publisher = "elasticsearch", "document refused: {text}");
             }
             if n == 0 {
-                Counters::set(&c.last_refusal, Some(text));
+                Counters::set(&self.counters().last_refusal, Some(text));
             }
         }
         if items.refused.len() > 5 {
@@ -630,14 +678,14 @@ impl Sender {
 
     /// Installs the index template once. `Err` carries a retryable reason; a refusal is
     /// recorded and indexing goes on.
-    fn ensure_template(&mut self, host: usize, timeout: Duration) -> Result<(), String> {
+    fn ensure_template(&mut self, host: usize) -> Result<(), String> {
         if self.template_done || !self.install_template {
             return Ok(());
         }
         let h = &self.hosts[host];
         let path = template::template_path(&self.prefix);
         let retry = |what: &str, reason: String| Err(format!("{what} index template: {reason}"));
-        let existing = match self.client.get(h, &path, timeout) {
+        let existing = match self.client.get(h, &path, self.call_timeout()) {
             Err(e) => return retry("reading the", e.message),
             Ok(r) => match template::existing(r.status, &r.body) {
                 template::Existing::Unknown if retry::retryable_status(r.status) => {
@@ -663,7 +711,10 @@ impl Sender {
             return Ok(());
         }
         let body = template::template_body(&self.prefix).to_string();
-        match self.client.put_json(h, &path, body.as_bytes(), timeout) {
+        match self
+            .client
+            .put_json(h, &path, body.as_bytes(), self.call_timeout())
+        {
             Err(e) => retry("installing the", e.message),
             Ok(r) if (200..300).contains(&r.status) => {
                 self.template_done = true;

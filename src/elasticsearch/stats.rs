@@ -80,7 +80,10 @@ pub struct ElasticsearchStats {
     pub last_error: Option<String>,
 }
 
-/// The counters the sender thread and the publisher update.
+/// The counters the sender thread and the publisher update. The document outcomes
+/// (`accepted`, `sent`, `conflicts`, `refused`, `dropped_*`) change only under the sender's
+/// state lock, in the same critical section as the documents leave the buffer or the batch
+/// being sent, and [`StatsHandle::stats`] reads them under it.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
@@ -137,29 +140,34 @@ impl StatsHandle {
     pub fn stats(&self) -> ElasticsearchStats {
         let c = &self.shared.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (buffered, in_flight) = self.shared.occupancy();
-        let dropped_buffer_full = load(&c.dropped_buffer_full);
-        let dropped_retry_limit = load(&c.dropped_retry_limit);
-        let dropped_shutdown = load(&c.dropped_shutdown);
-        ElasticsearchStats {
-            accepted: load(&c.accepted),
-            sent: load(&c.sent),
-            conflicts: load(&c.conflicts),
-            retried: load(&c.retried),
-            refused: load(&c.refused),
-            dropped: dropped_buffer_full + dropped_retry_limit + dropped_shutdown,
-            dropped_buffer_full,
-            dropped_retry_limit,
-            dropped_shutdown,
-            requests: load(&c.requests),
-            failed_requests: load(&c.failed_requests),
-            bytes_sent: load(&c.bytes_sent),
-            buffered: buffered as u64,
-            in_flight: in_flight as u64,
-            template: Counters::get(&c.template),
-            last_refusal: Counters::get(&c.last_refusal),
-            last_error: Counters::get(&c.last_error),
-        }
+        // The document figures are read together, under the lock their changes are made
+        // under, so they add up: `accepted = sent + refused + dropped + buffered + in_flight`.
+        let mut stats = self.shared.with_occupancy(|buffered, in_flight| {
+            let dropped_buffer_full = load(&c.dropped_buffer_full);
+            let dropped_retry_limit = load(&c.dropped_retry_limit);
+            let dropped_shutdown = load(&c.dropped_shutdown);
+            ElasticsearchStats {
+                accepted: load(&c.accepted),
+                sent: load(&c.sent),
+                conflicts: load(&c.conflicts),
+                refused: load(&c.refused),
+                dropped: dropped_buffer_full + dropped_retry_limit + dropped_shutdown,
+                dropped_buffer_full,
+                dropped_retry_limit,
+                dropped_shutdown,
+                buffered: buffered as u64,
+                in_flight: in_flight as u64,
+                ..ElasticsearchStats::default()
+            }
+        });
+        stats.retried = load(&c.retried);
+        stats.requests = load(&c.requests);
+        stats.failed_requests = load(&c.failed_requests);
+        stats.bytes_sent = load(&c.bytes_sent);
+        stats.template = Counters::get(&c.template);
+        stats.last_refusal = Counters::get(&c.last_refusal);
+        stats.last_error = Counters::get(&c.last_error);
+        stats
     }
 }
 
