@@ -497,18 +497,22 @@ fn drive(spec: &str) {
     if publisher {
         logger.add_publisher(Box::new(Noop)).unwrap();
     }
-    let mut ids = Ids::default();
-    fill_to_steady_state(&logger, &mut ids, retention);
-    logger.flush(Duration::from_secs(60)).unwrap();
+    let ids = Ids::default();
     let mut lanes: Vec<Ids> = (0..threads).map(|_| ids.lane()).collect();
-    let batches: Vec<&[String]> = lanes.iter_mut().map(|l| l.next_batch(pairs)).collect();
-    let start = Instant::now();
-    let waited: u64 = std::thread::scope(|s| {
-        let threads: Vec<_> = batches
-            .into_iter()
-            .map(|batch| {
-                let logger = &logger;
+    // The threads fill the store themselves, so the timed pairs find their own shards in
+    // steady state (a thread's records live in its home shard).
+    let filled = Barrier::new(threads + 1);
+    let timed = Barrier::new(threads + 1);
+    let (elapsed, waited) = std::thread::scope(|s| {
+        let workers: Vec<_> = lanes
+            .iter_mut()
+            .map(|lane| {
+                let (logger, filled, timed) = (&logger, &filled, &timed);
                 s.spawn(move || {
+                    fill_to_steady_state(logger, lane, retention);
+                    let batch = lane.next_batch(pairs);
+                    filled.wait();
+                    timed.wait();
                     let mut run_queue = RunQueue::open();
                     let before = run_queue.read();
                     driven_pairs(logger, batch);
@@ -516,9 +520,13 @@ fn drive(spec: &str) {
                 })
             })
             .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).sum()
+        filled.wait();
+        logger.flush(Duration::from_secs(60)).unwrap();
+        let start = Instant::now();
+        timed.wait();
+        let waited: u64 = workers.into_iter().map(|t| t.join().unwrap()).sum();
+        (start.elapsed(), waited)
     });
-    let elapsed = start.elapsed();
     let with = if publisher {
         " with a no-op publisher"
     } else {

@@ -54,9 +54,10 @@ impl TelemetryConfig {
     ///
     /// The store keeps exactly that many (threads finishing at the same instant may briefly
     /// keep one more each). With a retention of 8,192 or more the store is split into shards
-    /// (see [`shards`](Self::shards)) and a full store evicts the oldest record of the shard
-    /// that receives the new one, which is oldest-first overall to within a fraction of a
-    /// shard; below that eviction is strictly oldest-first.
+    /// (see [`shards`](Self::shards)): each recording thread keeps its records in a shard of
+    /// its own, and a full store evicts the oldest record of the thread's shard, or of another
+    /// shard whose oldest is much older (a thread that stopped recording, say), so eviction is
+    /// close to oldest-first overall. Below that eviction is strictly oldest-first.
     pub fn retention(mut self, records: usize) -> Self {
         self.retention = records;
         self
@@ -72,7 +73,8 @@ impl TelemetryConfig {
 
     /// How many independently locked shards the store uses, rounded down to a power of two
     /// between 1 and 16. By default it is 16 when retention is 0 and otherwise one per 4,096
-    /// retained records, up to 16.
+    /// retained records, up to 16. Threads take the shards in turn, so with as many shards as
+    /// recording threads no two threads write the same memory; with one shard they share it.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards.clamp(1, store::MAX_SHARDS));
         self

@@ -1,21 +1,29 @@
 //! The sharded record store behind [`TelemetryLogger`](crate::TelemetryLogger) and
 //! [`NetworkTelemetry`](crate::NetworkTelemetry).
 //!
-//! Records are spread over shards by a hash of their task id; each shard is a mutex over:
-//! - the in-flight records (kept until ended: their number is the caller's to bound),
+//! Each thread keeps its records in its home shard (threads take the shards in turn), so
+//! threads recording at once do not write the same memory. Each shard is a mutex over:
+//! - the in-flight records started on its threads (kept until ended: their number is the
+//!   caller's to bound),
 //! - the retained finished records, a ring oldest-first, and (once a finished record is looked
 //!   up by id) an index from task id to the newest record of that id, so an id may be reused
 //!   once its first run has ended,
 //! - exact running totals, which eviction does not touch,
 //! - its own copy of the publisher set, its interned names and its wall-clock anchor.
 //!
-//! A start/end pair hashes once per call, takes one uncontended shard lock per call, reads
-//! the monotonic clock once per call and allocates nothing for short task ids and known
-//! names. No state is written that another shard's thread also writes, so threads scale.
+//! With more than one shard, [`claims`] records which shard holds each in-flight id, so a start
+//! refuses an id in flight on any thread and an end or retry from another thread finds its
+//! record. A start/end pair on one thread hashes once per call, takes its home shard's
+//! uncontended lock once per call, writes one word of the claims and reads the monotonic clock
+//! once per call; it allocates nothing for short task ids and known names.
+//!
+//! A full store evicts the oldest record of the receiving shard, unless another shard's oldest
+//! is much older (a thread stopped recording, say): then it evicts from that shard for a while,
+//! so the store stays close to oldest-first however threads come and go.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -25,6 +33,9 @@ use hashbrown::HashTable;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
 use crate::publish::worker::Payload;
+
+mod claims;
+use claims::{Claims, Homes};
 
 /// A task id: short ids (up to 24 bytes) are stored inline, without an allocation.
 pub(crate) type TaskId = compact_str::CompactString;
@@ -58,8 +69,14 @@ pub(crate) struct Start<'a> {
 /// Above this many retained records per shard the store spreads over several shards; below it
 /// one shard keeps eviction strictly oldest-first.
 const RECORDS_PER_SHARD_MIN: usize = 4096;
-/// Shards at most: enough that threads rarely meet on one lock.
-pub(crate) const MAX_SHARDS: usize = 16;
+/// Shards at most: enough that threads rarely share a home shard.
+pub(crate) const MAX_SHARDS: usize = claims::MAX_HOMES;
+/// Buckets of the in-flight claims: room for 7,168 ids in flight before any bucket spills.
+const CLAIM_BUCKETS: usize = 1024;
+/// How many evictions a shard makes before it looks again at where to evict from.
+const EVICTIONS_PER_REVIEW: u32 = 64;
+/// The oldest-record mark of an empty shard.
+const EMPTY: u64 = u64::MAX;
 /// How long a shard derives wall-clock times from the monotonic clock before reading the wall
 /// clock again: wall-clock adjustments show within this time.
 const WALL_ANCHOR_AGE_NS: u64 = 1_000_000_000;
@@ -159,6 +176,10 @@ struct Shard<R: Record> {
     index: Option<HashTable<u64>>,
     /// This shard's expected share of the retention, which sizes its ring.
     share: usize,
+    /// The shard this one's evictions take from: itself, or one holding much older records.
+    evict_from: usize,
+    /// Evictions left before `evict_from` is chosen again.
+    evictions_to_review: u32,
     totals: R::Totals,
     publishers: PublisherCache,
     names: Interner,
@@ -173,6 +194,19 @@ fn index_hash(key_hash: u32) -> u64 {
 /// Records a shard let go, dropped after its lock is released.
 type Evicted<R> = [Option<R>; 2];
 
+/// Where a shard is in its store: its index, and every shard's oldest-record mark.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    index: usize,
+    fronts: &'a [CachePadded<AtomicU64>],
+}
+
+/// Evictions a shard asks of another: `count` oldest records of shard `from`.
+struct Steal {
+    from: usize,
+    count: usize,
+}
+
 impl<R: Record> Shard<R> {
     fn new(share: usize) -> Self {
         Shard {
@@ -181,6 +215,8 @@ impl<R: Record> Shard<R> {
             first_seq: 0,
             index: None,
             share,
+            evict_from: usize::MAX,
+            evictions_to_review: 0,
             totals: R::Totals::default(),
             publishers: PublisherCache::default(),
             names: Interner::default(),
@@ -215,28 +251,46 @@ impl<R: Record> Shard<R> {
         self.index = Some(index);
     }
 
-    /// Retains a finished record, evicting this shard's oldest as the budget says.
-    fn keep(&mut self, record: R, budget: &Budget) -> Evicted<R> {
+    /// Retains a finished record. Returns the records it evicted to make room and, when the
+    /// room is to be made in another shard (see [`Shard::review`]), that shard and how many of
+    /// its records to evict once this lock is released.
+    fn keep(&mut self, record: R, budget: &Budget, at: Place<'_>) -> (Evicted<R>, Option<Steal>) {
         let mut evicted = [None, None];
         if budget.limit == 0 {
             evicted[0] = Some(record);
-            return evicted;
+            return (evicted, None);
         }
-        for slot in evicted
-            .iter_mut()
-            .take(budget.evictions_before_adding(self.finished.len()))
-        {
-            *slot = self.evict_oldest();
+        let due = budget.evictions_before_adding();
+        let mut steal = None;
+        if due > 0 {
+            if self.evictions_to_review == 0 || self.evict_from == usize::MAX {
+                self.review(at, record.start_mono());
+            }
+            self.evictions_to_review -= 1;
+            if self.evict_from == at.index {
+                let mut done = 0;
+                for slot in evicted.iter_mut().take(due) {
+                    *slot = self.evict_oldest();
+                    done += usize::from(slot.is_some());
+                }
+                // Nothing (or too little) here to evict: over by that much until trimmed.
+                budget.overshoot(due - done);
+            } else {
+                steal = Some(Steal {
+                    from: self.evict_from,
+                    count: due,
+                });
+            }
         }
         if self.finished.len() == self.finished.capacity() {
-            // Double up to the expected share, then grow in small steps: shards fill a little
-            // unevenly, and a ring twice the size it needs would waste a record's worth of
-            // memory per record.
+            // Double up to the expected share, then grow by a quarter: a thread may hold far
+            // more than its share, and a ring twice the size it needs would waste a record's
+            // worth of memory per record.
             let len = self.finished.len();
             let step = if len < self.share {
                 len.max(8).min(self.share - len)
             } else {
-                (self.share / 16).max(8)
+                (len / 4).max(8)
             };
             self.finished.reserve_exact(step);
         }
@@ -246,9 +300,40 @@ impl<R: Record> Shard<R> {
             let newest = &self.finished[self.finished.len() - 1];
             file(index, &self.finished, self.first_seq, seq, newest);
         }
-        evicted
+        (evicted, steal)
     }
 
+    /// Chooses where the next evictions come from: this shard, unless another shard's oldest
+    /// record is more than half again as old as this shard's oldest (`now` is a recent start).
+    fn review(&mut self, at: Place<'_>, now: u64) {
+        self.evictions_to_review = EVICTIONS_PER_REVIEW;
+        let age = |front: u64| {
+            if front == EMPTY {
+                0
+            } else {
+                now.saturating_sub(front)
+            }
+        };
+        let own_age = age(self.front_mono());
+        let (oldest, oldest_age) = at
+            .fronts
+            .iter()
+            .enumerate()
+            .map(|(i, front)| (i, age(front.load(Ordering::Relaxed))))
+            .max_by_key(|&(_, age)| age)
+            .unwrap_or((at.index, 0));
+        self.evict_from = if oldest != at.index && oldest_age > own_age + own_age / 2 {
+            oldest
+        } else {
+            at.index
+        };
+    }
+
+    fn front_mono(&self) -> u64 {
+        self.finished.front().map_or(EMPTY, Record::start_mono)
+    }
+
+    /// Evicts this shard's oldest record, if it has one.
     fn evict_oldest(&mut self) -> Option<R> {
         let oldest = self.finished.pop_front()?;
         let seq = self.first_seq;
@@ -296,22 +381,25 @@ struct Budget {
 }
 
 impl Budget {
-    /// How many of its oldest records a shard holding `shard_len` evicts before adding one.
-    fn evictions_before_adding(&self, shard_len: usize) -> usize {
+    /// How many records to evict before adding one.
+    fn evictions_before_adding(&self) -> usize {
         let used = self.used.load(Ordering::Relaxed);
         if used < self.limit {
             // Two threads may both take the last slot; the overshoot is trimmed below.
             self.used.fetch_add(1, Ordering::Relaxed);
             0
-        } else if used > self.limit && shard_len >= 2 {
+        } else if used > self.limit {
             self.used.fetch_sub(1, Ordering::Relaxed);
             2
-        } else if shard_len >= 1 {
-            1
         } else {
-            // Full, but nothing here to evict: keep it, over by one until trimmed.
-            self.used.fetch_add(1, Ordering::Relaxed);
-            0
+            1
+        }
+    }
+
+    /// Records kept without the evictions planned for them: trimmed by later evictions.
+    fn overshoot(&self, by: usize) {
+        if by > 0 {
+            self.used.fetch_add(by, Ordering::Relaxed);
         }
     }
 }
@@ -319,6 +407,11 @@ impl Budget {
 /// A sharded store of records of one kind.
 pub(crate) struct Store<R: Record> {
     shards: Box<[CachePadded<Mutex<Shard<R>>>]>,
+    /// Each shard's oldest finished record (its monotonic start), [`EMPTY`] for none: read by
+    /// other shards choosing where to evict from.
+    fronts: Box<[CachePadded<AtomicU64>]>,
+    /// Which shard holds each in-flight id; none with one shard.
+    claims: Option<Claims>,
     hasher: foldhash::fast::RandomState,
     shard_mask: usize,
     budget: Budget,
@@ -346,15 +439,42 @@ pub(crate) fn default_shards(retention: usize) -> usize {
     1 << wanted.ilog2()
 }
 
+/// This thread's turn number: its home shard in every store is this number masked. A thread
+/// takes the smallest number no running thread holds, so threads that replace finished ones
+/// take over their shards (and records) instead of spreading over new ones.
+fn thread_turn() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static RETURNED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    struct Turn(usize);
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            let mut returned = RETURNED.lock().unwrap_or_else(|p| p.into_inner());
+            returned.push(self.0);
+        }
+    }
+    thread_local!(static TURN: Turn = {
+        let mut returned = RETURNED.lock().unwrap_or_else(|p| p.into_inner());
+        let smallest = (0..returned.len()).min_by_key(|&i| returned[i]);
+        Turn(smallest.map_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed), |i| returned.swap_remove(i)))
+    });
+    // While the thread's locals are being destroyed (a guard dropped by another local's
+    // destructor, say), any shard will do.
+    TURN.try_with(|turn| turn.0).unwrap_or(0)
+}
+
 impl<R: Record> Store<R> {
-    /// `shards` is rounded down to a power of two, at least 1.
+    /// `shards` is rounded down to a power of two, at least 1 and at most [`MAX_SHARDS`].
     pub(crate) fn new(retention: usize, shards: usize, dispatcher: Arc<Dispatcher>) -> Self {
-        let shards = 1usize << shards.max(1).ilog2();
+        let shards = 1usize << shards.clamp(1, MAX_SHARDS).ilog2();
         let share = retention.div_ceil(shards);
         Store {
             shards: (0..shards)
                 .map(|_| CachePadded::new(Mutex::new(Shard::new(share))))
                 .collect(),
+            fronts: (0..shards)
+                .map(|_| CachePadded::new(AtomicU64::new(EMPTY)))
+                .collect(),
+            claims: (shards > 1).then(|| Claims::new(CLAIM_BUCKETS)),
             hasher: foldhash::fast::RandomState::default(),
             shard_mask: shards - 1,
             budget: Budget {
@@ -379,33 +499,77 @@ impl<R: Record> Store<R> {
     }
 
     #[inline]
-    fn locate(&self, task_id: &str) -> (u64, MutexGuard<'_, Shard<R>>) {
-        let hash = self.hasher.hash_one(task_id);
-        // hashbrown uses the low bits and the top seven; the shard takes bits from the middle.
-        let shard = &self.shards[(hash >> 32) as usize & self.shard_mask];
+    fn lock(&self, index: usize) -> MutexGuard<'_, Shard<R>> {
         // A panic while holding a shard lock cannot leave a record half-written (every
         // mutation is a single insert/remove), so a poisoned lock is safe to keep using.
-        (hash, shard.lock().unwrap_or_else(|p| p.into_inner()))
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds an in-flight record built by `make`; refuses an id that is already in flight,
-    /// keeping the first.
+    #[inline]
+    fn home(&self) -> usize {
+        thread_turn() & self.shard_mask
+    }
+
+    fn mark_front(&self, index: usize, shard: &Shard<R>) {
+        let front = shard.front_mono();
+        if self.fronts[index].load(Ordering::Relaxed) != front {
+            self.fronts[index].store(front, Ordering::Relaxed);
+        }
+    }
+
+    /// The shards to look in for an in-flight record: this thread's home shard, then (only if
+    /// the caller goes on) the others its claims point to.
+    #[inline]
+    fn in_flight_shards(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let home = self.home();
+        let others = (0..1).flat_map(move |_| {
+            let homes = self.claims.as_ref().map_or(0, |c| c.homes(hash)) & !(1 << home);
+            shards_of(homes)
+        });
+        std::iter::once(home).chain(others)
+    }
+
+    /// Whether one of the `homes` shards holds `task_id` in flight.
+    fn in_flight_in(&self, homes: Homes, hash: u64, task_id: &str) -> bool {
+        shards_of(homes).any(|index| {
+            let shard = self.lock(index);
+            shard
+                .in_flight
+                .find(hash, |r| r.task_id() == task_id)
+                .is_some()
+        })
+    }
+
+    /// Adds an in-flight record built by `make` to this thread's home shard; refuses an id
+    /// that is already in flight on any thread, keeping the first.
     pub(crate) fn start(
         &self,
         task_id: &str,
         make: impl FnOnce(Start<'_>) -> R,
     ) -> Result<(), TelemetryError> {
         let start_mono = self.mono_now();
-        let (hash, mut shard) = self.locate(task_id);
-        let shard = &mut *shard;
-        if shard
-            .in_flight
-            .find(hash, |r| r.task_id() == task_id)
-            .is_some()
+        let hash = self.hasher.hash_one(task_id);
+        let home = self.home();
+        let already = || TelemetryError::AlreadyInFlight {
+            task_id: task_id.to_owned(),
+        };
+        // Held until the record is in place: no other start of this id can slip in between.
+        let claim = self.claims.as_ref().map(|claims| claims.lock(hash));
+        if let Some(claim) = &claim {
+            let homes = claim.homes();
+            if homes != 0 && self.in_flight_in(homes, hash, task_id) {
+                return Err(already());
+            }
+        }
+        let mut guard = self.lock(home);
+        let shard = &mut *guard;
+        if claim.is_none()
+            && shard
+                .in_flight
+                .find(hash, |r| r.task_id() == task_id)
+                .is_some()
         {
-            return Err(TelemetryError::AlreadyInFlight {
-                task_id: task_id.to_owned(),
-            });
+            return Err(already());
         }
         let record = make(Start {
             task_id: TaskId::from(task_id),
@@ -418,6 +582,9 @@ impl<R: Record> Store<R> {
         shard
             .in_flight
             .insert_unique(hash, record, |r| hasher.hash_one(r.task_id()));
+        if let Some(claim) = claim {
+            claim.claim(home);
+        }
         Ok(())
     }
 
@@ -427,11 +594,14 @@ impl<R: Record> Store<R> {
         task_id: &str,
         change: impl FnOnce(&mut R) -> T,
     ) -> Result<T, TelemetryError> {
-        let (hash, mut shard) = self.locate(task_id);
-        match shard.in_flight.find_mut(hash, |r| r.task_id() == task_id) {
-            Some(record) => Ok(change(record)),
-            None => Err(unknown(task_id)),
+        let hash = self.hasher.hash_one(task_id);
+        for index in self.in_flight_shards(hash) {
+            let mut shard = self.lock(index);
+            if let Some(record) = shard.in_flight.find_mut(hash, |r| r.task_id() == task_id) {
+                return Ok(change(record));
+            }
         }
+        Err(unknown(task_id))
     }
 
     /// Ends an in-flight record: `end` fills in its outcome, then it is counted, offered to
@@ -441,36 +611,78 @@ impl<R: Record> Store<R> {
         task_id: &str,
         end: impl FnOnce(&mut R),
     ) -> Result<(), TelemetryError> {
-        let (hash, mut guard) = self.locate(task_id);
-        let shard = &mut *guard;
-        let Ok(entry) = shard.in_flight.find_entry(hash, |r| r.task_id() == task_id) else {
-            return Err(unknown(task_id));
-        };
-        let (mut record, _) = entry.remove();
-        end(&mut record);
-        R::account(&mut shard.totals, &record);
-        shard
-            .publishers
-            .offer(&self.dispatcher, || record.payload(&shard.names));
-        let evicted = shard.keep(record, &self.budget);
-        // Freeing evicted records is the slowest part; do it without holding the lock.
+        let hash = self.hasher.hash_one(task_id);
+        for index in self.in_flight_shards(hash) {
+            let mut guard = self.lock(index);
+            let shard = &mut *guard;
+            let Ok(entry) = shard.in_flight.find_entry(hash, |r| r.task_id() == task_id) else {
+                continue;
+            };
+            let (mut record, _) = entry.remove();
+            end(&mut record);
+            R::account(&mut shard.totals, &record);
+            shard
+                .publishers
+                .offer(&self.dispatcher, || record.payload(&shard.names));
+            let place = Place {
+                index,
+                fronts: &self.fronts,
+            };
+            let (evicted, steal) = shard.keep(record, &self.budget, place);
+            self.mark_front(index, shard);
+            // Freeing evicted records is the slowest part; do it without holding the lock.
+            drop(guard);
+            if let Some(claims) = &self.claims {
+                claims.release(hash, index);
+            }
+            drop(evicted);
+            if let Some(steal) = steal {
+                self.evict_elsewhere(steal);
+            }
+            return Ok(());
+        }
+        Err(unknown(task_id))
+    }
+
+    /// Evicts the oldest records of another shard, for room a shard made for its own.
+    #[cold]
+    fn evict_elsewhere(&self, steal: Steal) {
+        let mut guard = self.lock(steal.from);
+        let evicted: Vec<R> = (0..steal.count)
+            .map_while(|_| guard.evict_oldest())
+            .collect();
+        self.mark_front(steal.from, &guard);
         drop(guard);
-        drop(evicted);
-        Ok(())
+        self.budget.overshoot(steal.count - evicted.len());
     }
 
     /// Applies `read` to the record with this id: the in-flight one if there is one, else the
     /// newest retained finished one.
-    pub(crate) fn get<T>(&self, task_id: &str, read: impl FnOnce(&R, &Interner) -> T) -> Option<T> {
-        let (hash, mut guard) = self.locate(task_id);
-        let shard = &mut *guard;
-        if let Some(record) = shard.in_flight.find(hash, |r| r.task_id() == task_id) {
-            return Some(read(record, &shard.names));
+    pub(crate) fn get<T>(&self, task_id: &str, read: impl Fn(&R, &Interner) -> T) -> Option<T> {
+        let hash = self.hasher.hash_one(task_id);
+        for index in self.in_flight_shards(hash) {
+            let shard = self.lock(index);
+            if let Some(record) = shard.in_flight.find(hash, |r| r.task_id() == task_id) {
+                return Some(read(record, &shard.names));
+            }
         }
-        let seq = shard.newest_finished(hash as u32, task_id)?;
-        Some(read(shard.at(seq), &shard.names))
+        let mut newest: Option<(u64, T)> = None;
+        for index in 0..self.shards.len() {
+            let mut guard = self.lock(index);
+            let shard = &mut *guard;
+            let Some(seq) = shard.newest_finished(hash as u32, task_id) else {
+                continue;
+            };
+            let record = shard.at(seq);
+            if newest
+                .as_ref()
+                .map_or(true, |(start, _)| record.start_mono() > *start)
+            {
+                newest = Some((record.start_mono(), read(record, &shard.names)));
+            }
+        }
+        newest.map(|(_, found)| found)
     }
-
     /// Collects from every retained record (in flight and finished) the ones `pick` keeps,
     /// in the order they started.
     pub(crate) fn select<T>(&self, mut pick: impl FnMut(&R, &Interner) -> Option<T>) -> Vec<T> {
@@ -519,10 +731,16 @@ impl<R: Record> Store<R> {
 
     /// Forgets every record and total (publishers stay attached).
     pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
+        // Claims first: a start racing with this leaves at worst a claim without a record,
+        // which only costs a later start of that id a look.
+        if let Some(claims) = &self.claims {
+            claims.clear();
+        }
+        for (index, shard) in self.shards.iter().enumerate() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let share = shard.share;
             *shard = Shard::new(share);
+            self.mark_front(index, &shard);
         }
         self.budget.used.store(0, Ordering::Relaxed);
     }
@@ -532,6 +750,17 @@ impl<R: Record> InFlight for Store<R> {
     fn in_flight_len(&self) -> usize {
         Store::in_flight_len(self)
     }
+}
+
+/// The shard indexes in `homes`, lowest first.
+fn shards_of(mut homes: Homes) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (homes != 0).then(|| {
+            let index = homes.trailing_zeros() as usize;
+            homes &= homes - 1;
+            index
+        })
+    })
 }
 
 fn unknown(task_id: &str) -> TelemetryError {
@@ -679,6 +908,95 @@ mod tests {
         s.finish("a", |_| ()).unwrap();
         assert!(s.get("a", |_, _| ()).is_none());
         assert_eq!(s.retained_len(), 0);
+    }
+
+    /// Runs `f` on a new thread, which has its own home shard.
+    fn on_another_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| scope.spawn(f).join().unwrap())
+    }
+
+    #[test]
+    fn a_record_started_on_one_thread_is_found_ended_and_refused_on_another() {
+        let s = store(1000, 16);
+        s.start("shared", |st| record(st, 7)).unwrap();
+        on_another_thread(|| {
+            assert!(matches!(
+                s.start("shared", |st| record(st, 8)),
+                Err(TelemetryError::AlreadyInFlight { .. })
+            ));
+            assert_eq!(s.get("shared", |r, _| r.start_mono), Some(7));
+            assert_eq!(s.update("shared", |r| r.start_mono), Ok(7));
+            s.finish("shared", |r| r.status = crate::Status::Completed)
+                .unwrap();
+        });
+        assert_eq!(s.in_flight_len(), 0);
+        assert!(matches!(
+            s.finish("shared", |_| ()),
+            Err(TelemetryError::UnknownTask { .. })
+        ));
+        assert_eq!(
+            s.get("shared", |r, _| r.status),
+            Some(crate::Status::Completed)
+        );
+        // Ended, so it may start again, on either thread.
+        s.start("shared", |st| record(st, 9)).unwrap();
+        assert_eq!(
+            on_another_thread(|| s.get("shared", |r, _| r.start_mono)),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn of_racing_starts_of_one_id_exactly_one_wins() {
+        let s = store(1000, 16);
+        for round in 0..200 {
+            let id = format!("race-{round}");
+            let barrier = std::sync::Barrier::new(4);
+            let wins: usize = std::thread::scope(|scope| {
+                let racers: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            usize::from(s.start(&id, |st| record(st, round)).is_ok())
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).sum()
+            });
+            assert_eq!(wins, 1, "round {round}");
+            s.finish(&id, |_| ()).unwrap();
+        }
+        assert_eq!(s.in_flight_len(), 0);
+    }
+
+    #[test]
+    fn the_newest_run_of_an_id_wins_across_threads() {
+        let s = store(1000, 16);
+        finish(&s, "again", 1);
+        on_another_thread(|| finish(&s, "again", 2));
+        assert_eq!(s.get("again", |r, _| r.start_mono), Some(2));
+    }
+
+    #[test]
+    fn a_thread_that_stops_does_not_keep_its_records_forever() {
+        // Thread A fills the store and stops; thread B keeps recording. B's records must
+        // replace A's, oldest first, not each other.
+        let s = store(1000, 16);
+        on_another_thread(|| {
+            for i in 0..1000 {
+                finish(&s, &format!("a-{i}"), i);
+            }
+        });
+        for i in 0..1000 {
+            finish(&s, &format!("b-{i}"), 10_000 + i);
+        }
+        assert_eq!(s.retained_len(), 1000);
+        let kept_of_b = s
+            .select(|r, _| r.task_id.starts_with("b-").then_some(()))
+            .len();
+        assert!(kept_of_b >= 900, "kept {kept_of_b} of B's 1000 newest");
+        assert!(s.get("b-999", |_, _| ()).is_some());
+        assert!(s.get("a-0", |_, _| ()).is_none());
     }
 
     #[test]

