@@ -11,7 +11,7 @@ use crate::publish::worker::Payload;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
-use crate::store::{Interner, Record, Store};
+use crate::store::{Record, Store};
 
 /// The error recorded when an [`EventGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the event's thread panicked before the event ended";
@@ -367,11 +367,12 @@ impl Record for EventRecord {
         self.start_mono
     }
 
-    fn payload(&self, names: &Interner) -> Payload {
-        Payload::EventRecord(EventRecord {
-            event_name: self.event_name.detached(names),
-            ..self.clone()
-        })
+    fn end_mono(&self) -> u64 {
+        self.start_mono + self.duration_ns
+    }
+
+    fn payload(&self) -> Payload {
+        Payload::EventRecord(self.clone())
     }
 
     fn account(totals: &mut EventTotals, finished: &Self) {

@@ -11,7 +11,7 @@ use crate::publish::worker::Payload;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, NetworkMetrics, NetworkRecord, DEFAULT_OPERATION};
 use crate::report::NetworkCounts;
-use crate::store::{Interner, Record, Store};
+use crate::store::{Record, Store};
 
 /// The error recorded when a [`NetworkGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the operation's thread panicked before the operation ended";
@@ -315,12 +315,12 @@ impl Record for NetworkRecord {
         self.start_mono
     }
 
-    fn payload(&self, names: &Interner) -> Payload {
-        Payload::NetworkRecord(NetworkRecord {
-            host: self.host.detached(names),
-            operation: self.operation.detached(names),
-            ..self.clone()
-        })
+    fn end_mono(&self) -> u64 {
+        self.start_mono + self.duration_ns
+    }
+
+    fn payload(&self) -> Payload {
+        Payload::NetworkRecord(self.clone())
     }
 
     fn account(totals: &mut NetworkCounts, finished: &Self) {

@@ -49,8 +49,10 @@ pub(crate) trait Record: Clone + Send + 'static {
     fn key_hash(&self) -> u32;
     /// Monotonic start, used to list records in the order they started.
     fn start_mono(&self) -> u64;
-    /// The record as handed to publishers, its names detached from the shard.
-    fn payload(&self, names: &Interner) -> Payload;
+    /// Monotonic end, once ended: when the record reached its publishers' batch.
+    fn end_mono(&self) -> u64;
+    /// The record as handed to publishers, in a batch that carries its shard's names.
+    fn payload(&self) -> Payload;
     fn account(totals: &mut Self::Totals, finished: &Self);
     fn merge(into: &mut Self::Totals, from: &Self::Totals);
 }
@@ -85,11 +87,17 @@ const WALL_ANCHOR_AGE_NS: u64 = 1_000_000_000;
 /// a 4-byte index instead of its own copy: no allocation, and, unlike a shared `Arc`, no
 /// reference count that two cores would pass back and forth. Bounded: past
 /// [`Interner::CAPACITY`] distinct names, further ones are allocated per record.
+///
+/// The names are one shared table, replaced (not changed) when a name is added, so a batch of
+/// records on its way to the publishers carries the table with one reference count.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
     index: HashTable<u32>,
-    names: Vec<Arc<str>>,
+    names: Names,
 }
+
+/// A shard's interned names, by index.
+pub(crate) type Names = Arc<[Arc<str>]>;
 
 /// A name as a record holds it.
 #[derive(Debug, Clone)]
@@ -107,21 +115,23 @@ impl Name {
             Name::Own(name) => name,
         }
     }
-
-    /// The name made independent of its shard's interner.
-    pub(crate) fn detached(&self, names: &Interner) -> Name {
-        match self {
-            Name::Shared(id) => names
-                .names
-                .get(*id as usize)
-                .map_or_else(|| Name::Own(Arc::from("")), |n| Name::Own(Arc::clone(n))),
-            own => own.clone(),
-        }
-    }
 }
 
 impl Interner {
     const CAPACITY: usize = 1024;
+
+    /// An interner that only resolves the names of `names` (on a publisher's thread).
+    pub(crate) fn resolving(names: Names) -> Self {
+        Interner {
+            index: HashTable::new(),
+            names,
+        }
+    }
+
+    /// The names so far, for records leaving the shard.
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
+    }
 
     pub(crate) fn get(&mut self, name: &str) -> Name {
         let state = foldhash::fast::FixedState::default();
@@ -134,7 +144,11 @@ impl Interner {
             return Name::Own(Arc::from(name));
         }
         let id = self.names.len() as u32;
-        self.names.push(Arc::from(name));
+        // Rare (once per distinct name), so copying the table of references is fine.
+        let mut grown = Vec::with_capacity(self.names.len() + 1);
+        grown.extend(self.names.iter().cloned());
+        grown.push(Arc::from(name));
+        self.names = grown.into();
         let names = &self.names;
         self.index
             .insert_unique(hash, id, |&i| state.hash_one(&*names[i as usize]));
@@ -184,6 +198,13 @@ struct Shard<R: Record> {
     publishers: PublisherCache,
     names: Interner,
     clock: WallClock,
+}
+
+impl<R: Record> Drop for Shard<R> {
+    fn drop(&mut self) {
+        // Records finished before the store was cleared or dropped still reach publishers.
+        self.publishers.hand_over(&self.names);
+    }
 }
 
 /// The hash the finished-record index files a record under, spread from the kept 32 bits.
@@ -623,7 +644,9 @@ impl<R: Record> Store<R> {
             R::account(&mut shard.totals, &record);
             shard
                 .publishers
-                .offer(&self.dispatcher, || record.payload(&shard.names));
+                .offer(&self.dispatcher, &shard.names, record.end_mono(), || {
+                    record.payload()
+                });
             let place = Place {
                 index,
                 fronts: &self.fronts,
@@ -749,6 +772,21 @@ impl<R: Record> Store<R> {
 impl<R: Record> InFlight for Store<R> {
     fn in_flight_len(&self) -> usize {
         Store::in_flight_len(self)
+    }
+
+    fn hand_over(&self, wait: bool) {
+        for shard in self.shards.iter() {
+            let guard = if wait {
+                Some(shard.lock().unwrap_or_else(|p| p.into_inner()))
+            } else {
+                // A busy shard hands its batch over itself, soon.
+                shard.try_lock().ok()
+            };
+            if let Some(mut guard) = guard {
+                let shard = &mut *guard;
+                shard.publishers.hand_over(&shard.names);
+            }
+        }
     }
 }
 
@@ -897,7 +935,6 @@ mod tests {
         assert!(matches!(late, Name::Own(_)));
         assert_eq!(late.as_str(&names), "late");
         assert_eq!(load.as_str(&names), "load");
-        assert!(matches!(load.detached(&names), Name::Own(n) if &*n == "load"));
     }
 
     #[test]

@@ -52,7 +52,14 @@ impl CompositePublisher {
     pub fn new(publishers: Vec<Box<dyn MetricsPublisher>>) -> Result<Self, TelemetryError> {
         let workers = publishers
             .into_iter()
-            .map(|p| Worker::spawn(p, INNER_QUEUE_CAPACITY, INNER_SHUTDOWN_TIMEOUT))
+            .map(|p| {
+                Worker::spawn(
+                    p,
+                    INNER_QUEUE_CAPACITY,
+                    INNER_SHUTDOWN_TIMEOUT,
+                    Box::new(|| {}),
+                )
+            })
             .collect::<Result<_, _>>()?;
         Ok(CompositePublisher { workers })
     }

@@ -3,15 +3,23 @@
 //! Recording threads read the set on every finished record, and it changes almost never. So
 //! that reading costs no shared write (which would bounce a cache line between cores), each
 //! store shard keeps its own [`PublisherCache`] and refreshes it only when the set's epoch
-//! moves.
+//! moves. The cache also gathers the shard's finished records into batches, so the hand-off to
+//! the delivery threads costs one queue operation per batch rather than per record.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::worker::{Payload, Worker};
+use super::worker::{Batch, Payload, Worker};
 use super::{MetricsPublisher, PublishError, PublisherStats};
 use crate::error::TelemetryError;
+use crate::store::Interner;
+
+/// Records a shard gathers before handing them to the publishers.
+const BATCH_RECORDS: usize = 64;
+/// How long (monotonic nanoseconds) a shard keeps a batch while it still records; idle shards'
+/// batches are collected by the delivery threads when they run out of work.
+const BATCH_AGE_NS: u64 = 1_000_000;
 
 type WorkerSet = Arc<[Arc<Worker>]>;
 
@@ -29,9 +37,13 @@ pub(crate) struct Dispatcher {
     network: Mutex<Option<Weak<dyn InFlight>>>,
 }
 
-/// A store whose in-flight records can be counted.
+/// A store whose in-flight records can be counted and whose gathered batches can be handed
+/// over.
 pub(crate) trait InFlight: Send + Sync {
     fn in_flight_len(&self) -> usize;
+    /// Hands every shard's gathered records to the publishers; without `wait`, skips shards
+    /// that are busy (they hand theirs over themselves).
+    fn hand_over(&self, wait: bool);
 }
 
 /// Which kind of record a store holds.
@@ -74,6 +86,20 @@ impl Dispatcher {
         }
     }
 
+    /// Hands the records the stores' shards have gathered to the publishers.
+    pub(crate) fn hand_over(&self, wait: bool) {
+        for kind in [StoreKind::Events, StoreKind::Network] {
+            let store = self
+                .source(kind)
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(store) = store.and_then(|s| s.upgrade()) {
+                store.hand_over(wait);
+            }
+        }
+    }
+
     fn in_flight(&self, kind: StoreKind) -> u64 {
         let source = self.source(kind).lock().unwrap_or_else(|p| p.into_inner());
         source
@@ -100,7 +126,20 @@ impl Dispatcher {
         publisher.on_attach(PipelineHealth {
             dispatcher: Arc::downgrade(self),
         });
-        Worker::spawn(publisher, self.queue_capacity, self.shutdown_timeout).map(Arc::new)
+        let dispatcher = Arc::downgrade(self);
+        // Run by the delivery thread when it runs out of work: what idle shards gathered.
+        let collect = move || {
+            if let Some(dispatcher) = dispatcher.upgrade() {
+                dispatcher.hand_over(false);
+            }
+        };
+        Worker::spawn(
+            publisher,
+            self.queue_capacity,
+            self.shutdown_timeout,
+            Box::new(collect),
+        )
+        .map(Arc::new)
     }
 
     /// Attaches one more publisher.
@@ -127,6 +166,8 @@ impl Dispatcher {
             .into_iter()
             .map(|p| self.spawn(p))
             .collect::<Result<Vec<_>, _>>()?;
+        // What the shards gathered goes to the publishers it was gathered for.
+        self.hand_over(true);
         let old = self.install(Arc::from(workers));
         self.retire(&old);
         Ok(())
@@ -150,6 +191,7 @@ impl Dispatcher {
     }
 
     pub(crate) fn flush(&self, deadline: Instant) -> Result<(), PublishError> {
+        self.hand_over(true);
         let errors = self
             .current()
             .iter()
@@ -160,6 +202,7 @@ impl Dispatcher {
 
     /// Shuts every publisher down and detaches them.
     pub(crate) fn shutdown(&self, deadline: Instant) -> Result<(), PublishError> {
+        self.hand_over(true);
         let old = self.install(Arc::from(Vec::new()));
         let errors = old
             .iter()
@@ -247,11 +290,15 @@ impl PipelineHealth {
     }
 }
 
-/// A shard's copy of the publisher set, refreshed when the dispatcher's epoch moves.
+/// A shard's copy of the publisher set, refreshed when the dispatcher's epoch moves, and the
+/// batch of finished records it is gathering for them.
 #[derive(Debug)]
 pub(crate) struct PublisherCache {
     epoch: u64,
     workers: WorkerSet,
+    pending: Vec<Payload>,
+    /// Monotonic end of the batch's first record.
+    pending_since: u64,
 }
 
 impl Default for PublisherCache {
@@ -259,28 +306,118 @@ impl Default for PublisherCache {
         PublisherCache {
             epoch: 0,
             workers: Arc::from(Vec::new()),
+            pending: Vec::new(),
+            pending_since: 0,
         }
     }
 }
 
 impl PublisherCache {
-    /// Hands a record to every publisher; `make` builds it only if there is one.
+    /// Adds a record (built by `make` only if there is a publisher) to the batch, and hands
+    /// the batch over once it is full or a millisecond old. `names` resolves its names; `now`
+    /// is the record's monotonic end.
     #[inline]
-    pub(crate) fn offer(&mut self, dispatcher: &Dispatcher, make: impl FnOnce() -> Payload) {
+    pub(crate) fn offer(
+        &mut self,
+        dispatcher: &Dispatcher,
+        names: &Interner,
+        now: u64,
+        make: impl FnOnce() -> Payload,
+    ) {
         let epoch = dispatcher.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
+            // What was gathered goes to the publishers it was gathered for.
+            self.hand_over(names);
             self.workers = dispatcher.current();
             self.epoch = epoch;
         }
-        match &*self.workers {
-            [] => {}
-            [only] => only.offer(make()),
-            many => {
-                let payload = make();
-                for worker in many {
-                    worker.offer(payload.clone());
-                }
-            }
+        if self.workers.is_empty() {
+            return;
         }
+        if self.pending.is_empty() {
+            self.pending_since = now;
+            self.pending.reserve_exact(BATCH_RECORDS);
+        }
+        self.pending.push(make());
+        // A batch never outgrows the queue it goes to.
+        if self.pending.len() >= BATCH_RECORDS.min(dispatcher.queue_capacity)
+            || now.saturating_sub(self.pending_since) > BATCH_AGE_NS
+        {
+            self.hand_over(names);
+        }
+    }
+
+    /// Hands the gathered records to every publisher of the cached set.
+    pub(crate) fn hand_over(&mut self, names: &Interner) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            names: Arc::clone(names.names()),
+            records: std::mem::take(&mut self.pending),
+        };
+        if let Some((last, others)) = self.workers.split_last() {
+            for worker in others {
+                worker.offer_batch(batch.clone());
+            }
+            last.offer_batch(batch);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::{EventMetrics, MetricsPublisher, PublishError, TelemetryLogger};
+
+    #[derive(Default)]
+    struct Counting(Arc<AtomicU64>);
+
+    impl MetricsPublisher for Counting {
+        fn publish_event_metrics(&self, _: &EventMetrics) -> Result<(), PublishError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn logger_counting() -> (TelemetryLogger, Arc<AtomicU64>) {
+        let logger = TelemetryLogger::new();
+        let count = Arc::new(AtomicU64::new(0));
+        logger
+            .add_publisher(Box::new(Counting(Arc::clone(&count))))
+            .unwrap();
+        (logger, count)
+    }
+
+    fn record(logger: &TelemetryLogger, events: usize) {
+        for i in 0..events {
+            logger.start_event("e", &format!("t{i}"), None).unwrap();
+            logger.end_event(&format!("t{i}"), None).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_part_batch_of_an_idle_shard_reaches_the_publisher_without_a_flush() {
+        let (logger, count) = logger_counting();
+        record(&logger, 3);
+        // Fewer records than a batch, and no more coming: the delivery thread collects them.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn gathered_records_are_delivered_when_the_logger_is_cleared_or_dropped() {
+        let (logger, count) = logger_counting();
+        record(&logger, 5);
+        logger.clear();
+        record(&logger, 7);
+        drop(logger);
+        assert_eq!(count.load(Ordering::SeqCst), 12);
     }
 }

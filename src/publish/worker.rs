@@ -1,24 +1,25 @@
 //! The delivery worker: one publisher behind a bounded queue drained by its own thread.
 //!
-//! The shape is tracing-appender's non-blocking writer: the producer only ever `try_send`s, so
-//! it never waits; a full queue drops the record and counts it; flush and shutdown travel
-//! through the same queue, so they deliver everything enqueued before them, and the caller waits
-//! for their acknowledgement only until a deadline.
+//! The shape is tracing-appender's non-blocking writer: the producer never waits; a full queue
+//! drops the records and counts them; flush and shutdown travel through the same queue, so they
+//! deliver everything enqueued before them, and the caller waits for their acknowledgement only
+//! until a deadline. Records mostly arrive in batches (see [`PublisherCache`]); the queue's bound
+//! counts records, not batches.
+//!
+//! [`PublisherCache`]: super::dispatch::PublisherCache
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{
-    Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError, TrySendError,
-};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
-use crate::store::Interner;
+use crate::store::{Interner, Names};
 
 /// A record on its way to a publisher: the store's compact form (converted on the worker
 /// thread, off the caller's path) or a public record already built.
@@ -30,10 +31,18 @@ pub(crate) enum Payload {
     Network(Arc<NetworkMetrics>),
 }
 
+/// Records of one shard, with the shard's names that resolve theirs.
+#[derive(Debug, Clone)]
+pub(crate) struct Batch {
+    pub(crate) names: Names,
+    pub(crate) records: Vec<Payload>,
+}
+
 type Ack = Sender<Result<(), PublishError>>;
 
 enum Message {
     Record(Payload),
+    Batch(Batch),
     Attach(PipelineHealth),
     Flush(Instant, Ack),
     Shutdown(Instant, Ack),
@@ -41,6 +50,8 @@ enum Message {
 
 #[derive(Default)]
 struct Counters {
+    /// Records in the queue or being delivered: what the capacity bounds.
+    queued: AtomicUsize,
     delivered: AtomicU64,
     dropped: AtomicU64,
     errors: AtomicU64,
@@ -53,6 +64,8 @@ pub(crate) struct Worker {
     tx: Sender<Message>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: ThreadId,
+    capacity: usize,
     closed: AtomicBool,
     shutdown_timeout: Duration,
 }
@@ -61,26 +74,29 @@ impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("name", &self.name)
-            .field("queued", &self.tx.len())
+            .field("queued", &self.counters.queued.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl Worker {
-    /// Starts a thread that owns `publisher`. `capacity` bounds the queue; `shutdown_timeout`
-    /// bounds how long dropping the worker waits for the publisher to finish.
+    /// Starts a thread that owns `publisher`. `capacity` bounds the records queued;
+    /// `shutdown_timeout` bounds how long dropping the worker waits for the publisher to
+    /// finish; `collect` is run whenever the thread runs out of work, to collect records
+    /// gathered elsewhere.
     pub(crate) fn spawn(
         publisher: Box<dyn MetricsPublisher>,
         capacity: usize,
         shutdown_timeout: Duration,
+        collect: Box<dyn Fn() + Send>,
     ) -> Result<Worker, TelemetryError> {
         let name = publisher.name().to_owned();
-        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let (tx, rx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name(format!("telemetry-{name}"))
-            .spawn(move || run(publisher, rx, &thread_counters))
+            .spawn(move || run(publisher, rx, &thread_counters, &*collect))
             .map_err(|e| TelemetryError::WorkerSpawn {
                 reason: e.to_string(),
             })?;
@@ -88,30 +104,40 @@ impl Worker {
             name,
             tx,
             counters,
+            thread_id: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
+            capacity: capacity.max(1),
             closed: AtomicBool::new(false),
             shutdown_timeout,
         })
     }
 
     /// Enqueues a record without waiting; a full or closed queue drops it and counts the drop.
-    #[inline]
     pub(crate) fn offer(&self, payload: Payload) {
-        match self.tx.try_send(Message::Record(payload)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        self.enqueue(1, || Message::Record(payload));
+    }
+
+    /// Enqueues a batch without waiting; a full or closed queue drops it and counts its records.
+    pub(crate) fn offer_batch(&self, batch: Batch) {
+        self.enqueue(batch.records.len(), || Message::Batch(batch));
+    }
+
+    #[inline]
+    fn enqueue(&self, records: usize, message: impl FnOnce() -> Message) {
+        let queued = self.counters.queued.fetch_add(records, Ordering::Relaxed);
+        if queued + records > self.capacity || self.tx.send(message()).is_err() {
+            self.counters.queued.fetch_sub(records, Ordering::Relaxed);
+            self.counters
+                .dropped
+                .fetch_add(records as u64, Ordering::Relaxed);
         }
     }
 
     /// Passes the pipeline's health handle to the publisher, on its own thread, in order with
     /// the records.
     pub(crate) fn attach(&self, health: PipelineHealth) {
-        // Sent before any record can be, except into a full queue; then it waits its turn.
-        let _ = self
-            .tx
-            .send_timeout(Message::Attach(health), self.shutdown_timeout);
+        // Sent in order with the records; the queue is never too full for it.
+        let _ = self.tx.send(Message::Attach(health));
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -125,7 +151,7 @@ impl Worker {
             dropped: self.dropped(),
             errors: self.counters.errors.load(Ordering::Relaxed),
             panics: self.counters.panics.load(Ordering::Relaxed),
-            queued: self.tx.len(),
+            queued: self.counters.queued.load(Ordering::Relaxed),
         }
     }
 
@@ -164,16 +190,17 @@ impl Worker {
         let (ack, done) = crossbeam_channel::bounded(1);
         let timed_out = || PublishError::DeadlineExceeded {
             publisher: self.name.clone(),
-            queued: self.tx.len(),
+            queued: self.counters.queued.load(Ordering::Relaxed),
         };
-        match self.tx.send_deadline(message(deadline, ack), deadline) {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(timed_out()),
-            Err(SendTimeoutError::Disconnected(_)) => {
-                return Err(PublishError::Closed {
-                    publisher: self.name.clone(),
-                })
-            }
+        if self.tx.send(message(deadline, ack)).is_err() {
+            return Err(PublishError::Closed {
+                publisher: self.name.clone(),
+            });
+        }
+        if std::thread::current().id() == self.thread_id {
+            // Asked from the worker's own thread (its pipeline was dropped while it collected
+            // records): it handles the request when this call returns; waiting would deadlock.
+            return Ok(());
         }
         match done.recv_deadline(deadline) {
             Ok(result) => result,
@@ -198,34 +225,71 @@ impl Drop for Worker {
 const IDLE_NAP: Duration = Duration::from_micros(100);
 const IDLE_NAPS: u32 = 100;
 
-/// The next message: at once if one is queued, else after short naps while the pipeline is
-/// busy, else by blocking. `None` once every sender is gone.
-fn next(rx: &Receiver<Message>) -> Option<Message> {
-    for _ in 0..IDLE_NAPS {
+/// How long the worker waits, once blocked, before collecting idle shards' records again.
+const IDLE_COLLECT: Duration = Duration::from_millis(20);
+
+/// The next message: at once if one is queued, else after collecting what the shards gathered
+/// and short naps while the pipeline is busy, else by waiting (collecting again every
+/// [`IDLE_COLLECT`]). `None` once every sender is gone.
+fn next(rx: &Receiver<Message>, collect: &dyn Fn()) -> Option<Message> {
+    let mut naps = 0;
+    loop {
         match rx.try_recv() {
             Ok(message) => return Some(message),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => std::thread::sleep(IDLE_NAP),
+            Err(TryRecvError::Empty) => {}
+        }
+        collect();
+        if !rx.is_empty() {
+            continue;
+        }
+        if naps < IDLE_NAPS {
+            naps += 1;
+            std::thread::sleep(IDLE_NAP);
+            continue;
+        }
+        match rx.recv_timeout(IDLE_COLLECT) {
+            Ok(message) => return Some(message),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {}
         }
     }
-    rx.recv().ok()
 }
 
-fn run(publisher: Box<dyn MetricsPublisher>, rx: Receiver<Message>, counters: &Counters) {
+fn run(
+    publisher: Box<dyn MetricsPublisher>,
+    rx: Receiver<Message>,
+    counters: &Counters,
+    collect: &dyn Fn(),
+) {
     let name = publisher.name().to_owned();
-    while let Some(message) = next(&rx) {
+    let delivered = |name: &str, outcome: Result<(), PublishError>| {
+        match outcome {
+            Ok(()) => counters.delivered.fetch_add(1, Ordering::Relaxed),
+            Err(PublishError::Panicked { .. }) => counters.panics.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(publisher = %name, error = %e, "publish failed");
+                counters.errors.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    };
+    while let Some(message) = next(&rx, collect) {
         match message {
             Message::Record(payload) => {
-                match contained(&name, || deliver(&*publisher, payload)) {
-                    Ok(()) => counters.delivered.fetch_add(1, Ordering::Relaxed),
-                    Err(PublishError::Panicked { .. }) => {
-                        counters.panics.fetch_add(1, Ordering::Relaxed)
-                    }
-                    Err(e) => {
-                        tracing::warn!(publisher = %name, error = %e, "publish failed");
-                        counters.errors.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
+                delivered(
+                    &name,
+                    contained(&name, || deliver(&*publisher, payload, None)),
+                );
+                counters.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            Message::Batch(batch) => {
+                let names = Interner::resolving(batch.names);
+                let count = batch.records.len();
+                for payload in batch.records {
+                    let outcome = contained(&name, || deliver(&*publisher, payload, Some(&names)));
+                    delivered(&name, outcome);
+                }
+                counters.queued.fetch_sub(count, Ordering::Relaxed);
             }
             Message::Attach(health) => {
                 let _ = contained(&name, || {
@@ -248,15 +312,19 @@ fn run(publisher: Box<dyn MetricsPublisher>, rx: Receiver<Message>, counters: &C
     });
 }
 
-fn deliver(publisher: &dyn MetricsPublisher, payload: Payload) -> Result<(), PublishError> {
+/// Hands one record to the publisher; `names` resolves a store record's names.
+fn deliver(
+    publisher: &dyn MetricsPublisher,
+    payload: Payload,
+    names: Option<&Interner>,
+) -> Result<(), PublishError> {
+    let none = Interner::default();
+    let names = names.unwrap_or(&none);
     match payload {
-        // Payload records carry their own names, so they need no shard's interner.
-        Payload::EventRecord(record) => {
-            publisher.publish_event_metrics(&record.to_public(&Interner::default()))
-        }
+        Payload::EventRecord(record) => publisher.publish_event_metrics(&record.to_public(names)),
         Payload::Event(metrics) => publisher.publish_event_metrics(&metrics),
         Payload::NetworkRecord(record) => {
-            publisher.publish_network_metrics(&record.to_public(&Interner::default()))
+            publisher.publish_network_metrics(&record.to_public(names))
         }
         Payload::Network(metrics) => publisher.publish_network_metrics(&metrics),
     }
@@ -321,6 +389,7 @@ mod tests {
             }),
             4,
             Duration::from_secs(5),
+            Box::new(|| {}),
         )
         .unwrap();
         // One record is taken by the stalled thread, four wait in the queue, the rest drop.
@@ -361,7 +430,13 @@ mod tests {
 
     #[test]
     fn panics_are_contained_and_counted() {
-        let worker = Worker::spawn(Box::new(Panicky), 16, Duration::from_secs(1)).unwrap();
+        let worker = Worker::spawn(
+            Box::new(Panicky),
+            16,
+            Duration::from_secs(1),
+            Box::new(|| {}),
+        )
+        .unwrap();
         worker.offer(event());
         worker.offer(event());
         worker
