@@ -489,6 +489,8 @@ fn a_stalled_publisher_never_blocks_recording_and_its_losses_are_counted() {
         telemetry.flush(Duration::from_millis(50)),
         Err(PublishError::DeadlineExceeded { .. })
     ));
+    // The flush handed over the last part batch, into the full queue.
+    let dropped = telemetry.dropped();
 
     drop(open);
     telemetry.flush(DEADLINE).unwrap();
