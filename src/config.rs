@@ -65,7 +65,9 @@ impl TelemetryConfig {
 
     /// How many finished records each publisher's queue holds (default
     /// [`DEFAULT_QUEUE_CAPACITY`], at least 1). When a publisher falls this far behind, further
-    /// records are dropped for it and counted rather than making the caller wait.
+    /// records are dropped for it and counted rather than making the caller wait. Records reach
+    /// the queue in batches of up to 64 (never more than this capacity) gathered per shard, and
+    /// within about a millisecond when the pipeline goes quiet; flush hands over every batch.
     pub fn queue_capacity(mut self, records: usize) -> Self {
         self.queue_capacity = records.max(1);
         self
