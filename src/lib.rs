@@ -74,7 +74,7 @@ pub use global::{
 pub use logger::{EventGuard, TelemetryLogger};
 pub use network::{NetworkGuard, NetworkTelemetry};
 pub use publish::{CompositePublisher, MetricsPublisher, PublishError, PublisherStats};
-pub use record::{EventMetrics, NetworkMetrics, Status};
+pub use record::{EventMetrics, EventRef, NetworkMetrics, NetworkRef, Status};
 pub use report::{EventCounts, NetworkCounts, RetryStats};
 pub use telemetry::Telemetry;
 

@@ -105,6 +105,96 @@ impl EventMetrics {
     pub fn duration(&self) -> Duration {
         span(self.start_time, self.end_time)
     }
+
+    /// The record borrowed, as [`MetricsPublisher::publish_event`](crate::MetricsPublisher::publish_event)
+    /// receives it.
+    ///
+    /// ```
+    /// # use std::time::SystemTime;
+    /// # use pipeline_telemetry::{EventMetrics, Status};
+    /// # let record = EventMetrics { event_name: "load".into(), task_id: "t".into(),
+    /// #     start_time: SystemTime::now(), end_time: None, status: Status::Pending,
+    /// #     error: None, retry_count: 0, process_id: 1 };
+    /// assert_eq!(record.borrowed().event_name, "load");
+    /// assert_eq!(record.borrowed().to_metrics(), record);
+    /// ```
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            event_name: &self.event_name,
+            task_id: &self.task_id,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            status: self.status,
+            error: self.error.as_deref(),
+            retry_count: self.retry_count,
+            process_id: self.process_id,
+        }
+    }
+}
+
+/// A finished event borrowed from the delivery thread: the fields of an [`EventMetrics`]
+/// without its allocations. Publishers that only aggregate receive it through
+/// [`MetricsPublisher::publish_event`](crate::MetricsPublisher::publish_event).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use pipeline_telemetry::{EventMetrics, Status};
+///
+/// let start = SystemTime::now();
+/// let record = EventMetrics {
+///     event_name: "load".into(),
+///     task_id: "t-1".into(),
+///     start_time: start,
+///     end_time: Some(start + Duration::from_millis(20)),
+///     status: Status::Completed,
+///     error: None,
+///     retry_count: 1,
+///     process_id: 7,
+/// };
+/// let event = record.borrowed();
+/// assert_eq!(event.duration(), Duration::from_millis(20));
+/// assert_eq!(event.to_metrics(), record);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventRef<'a> {
+    /// Name of the event.
+    pub event_name: &'a str,
+    /// Unique identifier of this execution.
+    pub task_id: &'a str,
+    /// When the event started (wall clock).
+    pub start_time: SystemTime,
+    /// When the event ended (wall clock); `None` while pending.
+    pub end_time: Option<SystemTime>,
+    /// Pending, completed or failed.
+    pub status: Status,
+    /// The error message if the event failed.
+    pub error: Option<&'a str>,
+    /// How many times the event was retried.
+    pub retry_count: u32,
+    /// The operating-system process that ran the event.
+    pub process_id: u32,
+}
+
+impl EventRef<'_> {
+    /// How long the event ran; see [`EventMetrics::duration`].
+    pub fn duration(&self) -> Duration {
+        span(self.start_time, self.end_time)
+    }
+
+    /// The record with its own copies of the strings.
+    pub fn to_metrics(&self) -> EventMetrics {
+        EventMetrics {
+            event_name: self.event_name.to_owned(),
+            task_id: self.task_id.to_owned(),
+            start_time: self.start_time,
+            end_time: self.end_time,
+            status: self.status,
+            error: self.error.map(str::to_owned),
+            retry_count: self.retry_count,
+            process_id: self.process_id,
+        }
+    }
 }
 
 impl Serialize for EventMetrics {
@@ -197,6 +287,99 @@ impl NetworkMetrics {
     /// Whether the operation ended with an error.
     pub fn is_failed(&self) -> bool {
         self.error.is_some()
+    }
+
+    /// The record borrowed, as
+    /// [`MetricsPublisher::publish_network`](crate::MetricsPublisher::publish_network) receives
+    /// it.
+    ///
+    /// ```
+    /// # use std::time::SystemTime;
+    /// # use pipeline_telemetry::NetworkMetrics;
+    /// let op = NetworkMetrics::new("n-1", "db", 5432, SystemTime::now());
+    /// assert_eq!(op.borrowed().host, "db");
+    /// assert_eq!(op.borrowed().to_metrics(), op);
+    /// ```
+    pub fn borrowed(&self) -> NetworkRef<'_> {
+        NetworkRef {
+            task_id: &self.task_id,
+            host: &self.host,
+            port: self.port,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            error: self.error.as_deref(),
+            operation: &self.operation,
+        }
+    }
+}
+
+/// A finished network operation borrowed from the delivery thread: the fields of a
+/// [`NetworkMetrics`] without its allocations. Publishers that only aggregate receive it
+/// through [`MetricsPublisher::publish_network`](crate::MetricsPublisher::publish_network).
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use pipeline_telemetry::NetworkMetrics;
+///
+/// let start = SystemTime::now();
+/// let op = NetworkMetrics {
+///     end_time: Some(start + Duration::from_millis(5)),
+///     error: Some("reset".into()),
+///     ..NetworkMetrics::new("n-1", "db", 5432, start)
+/// };
+/// let borrowed = op.borrowed();
+/// assert_eq!(borrowed.latency(), Duration::from_millis(5));
+/// assert!(borrowed.is_failed());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetworkRef<'a> {
+    /// Unique identifier of this operation.
+    pub task_id: &'a str,
+    /// Remote host name or address.
+    pub host: &'a str,
+    /// Remote port.
+    pub port: u16,
+    /// When the operation started (wall clock).
+    pub start_time: SystemTime,
+    /// When it ended (wall clock); `None` while in flight.
+    pub end_time: Option<SystemTime>,
+    /// Bytes written to the remote side.
+    pub bytes_sent: u64,
+    /// Bytes read from the remote side.
+    pub bytes_received: u64,
+    /// The error message if the operation failed.
+    pub error: Option<&'a str>,
+    /// What kind of operation this was.
+    pub operation: &'a str,
+}
+
+impl NetworkRef<'_> {
+    /// How long the operation took; see [`NetworkMetrics::latency`].
+    pub fn latency(&self) -> Duration {
+        span(self.start_time, self.end_time)
+    }
+
+    /// Whether the operation ended with an error.
+    pub fn is_failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The record with its own copies of the strings.
+    pub fn to_metrics(&self) -> NetworkMetrics {
+        NetworkMetrics {
+            task_id: self.task_id.to_owned(),
+            host: self.host.to_owned(),
+            port: self.port,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            error: self.error.map(str::to_owned),
+            operation: self.operation.to_owned(),
+        }
     }
 }
 
@@ -296,15 +479,20 @@ pub(crate) struct EventRecord {
 impl EventRecord {
     /// The public record; `names` is the interner of the shard the record lives in.
     pub(crate) fn to_public(&self, names: &Interner) -> EventMetrics {
+        self.borrowed(names).to_metrics()
+    }
+
+    /// The record borrowed, its names resolved by `names`.
+    pub(crate) fn borrowed<'a>(&'a self, names: &'a Interner) -> EventRef<'a> {
         let start_time = wall(self.start_wall_ns);
-        EventMetrics {
-            event_name: self.event_name.as_str(names).to_owned(),
-            task_id: self.task_id.to_string(),
+        EventRef {
+            event_name: self.event_name.as_str(names),
+            task_id: &self.task_id,
             start_time,
             end_time: (self.status != Status::Pending)
                 .then(|| start_time + Duration::from_nanos(self.duration_ns)),
             status: self.status,
-            error: self.error.as_deref().map(str::to_owned),
+            error: self.error.as_deref(),
             retry_count: self.retry_count,
             process_id: self.process_id,
         }
@@ -331,10 +519,15 @@ pub(crate) struct NetworkRecord {
 impl NetworkRecord {
     /// The public record; `names` is the interner of the shard the record lives in.
     pub(crate) fn to_public(&self, names: &Interner) -> NetworkMetrics {
+        self.borrowed(names).to_metrics()
+    }
+
+    /// The record borrowed, its names resolved by `names`.
+    pub(crate) fn borrowed<'a>(&'a self, names: &'a Interner) -> NetworkRef<'a> {
         let start_time = wall(self.start_wall_ns);
-        NetworkMetrics {
-            task_id: self.task_id.to_string(),
-            host: self.host.as_str(names).to_owned(),
+        NetworkRef {
+            task_id: &self.task_id,
+            host: self.host.as_str(names),
             port: self.port,
             start_time,
             end_time: self
@@ -342,8 +535,8 @@ impl NetworkRecord {
                 .then(|| start_time + Duration::from_nanos(self.duration_ns)),
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
-            error: self.error.as_deref().map(str::to_owned),
-            operation: self.operation.as_str(names).to_owned(),
+            error: self.error.as_deref(),
+            operation: self.operation.as_str(names),
         }
     }
 }

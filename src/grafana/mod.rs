@@ -85,7 +85,7 @@ pub use config::{
 pub use error::GrafanaError;
 
 use crate::publish::{MetricsPublisher, PipelineHealth, PublishError};
-use crate::record::{EventMetrics, NetworkMetrics};
+use crate::record::{EventMetrics, EventRef, NetworkMetrics, NetworkRef};
 use crate::series::{self, is_metric_name, PipelineSeries, SeriesConfig};
 use config::Settings;
 use remote_write::Encoder;
@@ -373,12 +373,20 @@ impl MetricsPublisher for GrafanaCloudPublisher {
     }
 
     fn publish_event_metrics(&self, metrics: &EventMetrics) -> Result<(), PublishError> {
-        self.shared.series.record_event(metrics);
-        Ok(())
+        self.publish_event(metrics.borrowed())
     }
 
     fn publish_network_metrics(&self, metrics: &NetworkMetrics) -> Result<(), PublishError> {
-        self.shared.series.record_network(metrics);
+        self.publish_network(metrics.borrowed())
+    }
+
+    fn publish_event(&self, event: EventRef<'_>) -> Result<(), PublishError> {
+        self.shared.series.record_event(event);
+        Ok(())
+    }
+
+    fn publish_network(&self, operation: NetworkRef<'_>) -> Result<(), PublishError> {
+        self.shared.series.record_network(operation);
         Ok(())
     }
 

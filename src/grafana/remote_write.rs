@@ -502,9 +502,9 @@ mod tests {
 
     fn series() -> PipelineSeries {
         let s = PipelineSeries::new(SeriesConfig::default());
-        s.record_event(&event("TestEvent", Status::Completed, 1500, 2));
-        s.record_event(&event("TestEvent", Status::Failed, 10, 0));
-        s.record_network(&op("remote_call", 250, false));
+        s.record_event(event("TestEvent", Status::Completed, 1500, 2).borrowed());
+        s.record_event(event("TestEvent", Status::Failed, 10, 0).borrowed());
+        s.record_network(op("remote_call", 250, false).borrowed());
         s
     }
 
@@ -656,10 +656,10 @@ mod tests {
             let series = PipelineSeries::new(SeriesConfig { prefix, max_label_values: 8, ..SeriesConfig::default() });
             for (name, millis, retries, failed) in &events {
                 let status = if *failed { Status::Failed } else { Status::Completed };
-                series.record_event(&event(name, status, *millis, *retries));
+                series.record_event(event(name, status, *millis, *retries).borrowed());
             }
             for (operation, millis, failed) in &ops {
-                series.record_network(&op(operation, *millis, *failed));
+                series.record_network(op(operation, *millis, *failed).borrowed());
             }
             let families = series.snapshot(None);
             let mut encoder = Encoder::new(&job, &instance);

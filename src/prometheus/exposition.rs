@@ -436,16 +436,19 @@ mod tests {
             ..SeriesConfig::default()
         });
         let start = SystemTime::now();
-        series.record_event(&EventMetrics {
-            event_name: "TestEvent".into(),
-            task_id: "test-123".into(),
-            start_time: start,
-            end_time: Some(start + Duration::from_millis(1500)),
-            status: Status::Completed,
-            error: None,
-            retry_count: 2,
-            process_id: 1234,
-        });
+        series.record_event(
+            EventMetrics {
+                event_name: "TestEvent".into(),
+                task_id: "test-123".into(),
+                start_time: start,
+                end_time: Some(start + Duration::from_millis(1500)),
+                status: Status::Completed,
+                error: None,
+                retry_count: 2,
+                process_id: 1234,
+            }
+            .borrowed(),
+        );
         series.snapshot(None)
     }
 

@@ -19,7 +19,7 @@ use std::time::Instant;
 pub use composite::CompositePublisher;
 pub use dispatch::PipelineHealth;
 
-use crate::record::{EventMetrics, NetworkMetrics};
+use crate::record::{EventMetrics, EventRef, NetworkMetrics, NetworkRef};
 
 /// A backend that receives finished records.
 ///
@@ -73,6 +73,52 @@ pub trait MetricsPublisher: Send {
         Ok(())
     }
 
+    /// Receives a finished event borrowed from the delivery thread. The default copies it into
+    /// an [`EventMetrics`] for [`publish_event_metrics`](Self::publish_event_metrics); a
+    /// publisher that only reads a few fields (an aggregating one) overrides this to skip the
+    /// copies, and implements `publish_event_metrics` as `self.publish_event(m.borrowed())`.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::Duration;
+    /// use pipeline_telemetry::{
+    ///     EventMetrics, EventRef, MetricsPublisher, PublishError, TelemetryLogger,
+    /// };
+    ///
+    /// #[derive(Default)]
+    /// struct Failures(AtomicU64);
+    ///
+    /// impl MetricsPublisher for Failures {
+    ///     fn publish_event(&self, event: EventRef<'_>) -> Result<(), PublishError> {
+    ///         if event.error.is_some() {
+    ///             self.0.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     fn publish_event_metrics(&self, m: &EventMetrics) -> Result<(), PublishError> {
+    ///         self.publish_event(m.borrowed())
+    ///     }
+    /// }
+    ///
+    /// let failures = std::sync::Arc::new(Failures::default());
+    /// let logger = TelemetryLogger::new();
+    /// logger.add_publisher(Box::new(failures.clone()))?;
+    /// logger.start_event("load", "t1", None)?;
+    /// logger.end_event("t1", Some("timeout"))?;
+    /// logger.flush(Duration::from_secs(5)).unwrap();
+    /// assert_eq!(failures.0.load(Ordering::Relaxed), 1);
+    /// # Ok::<(), pipeline_telemetry::TelemetryError>(())
+    /// ```
+    fn publish_event(&self, event: EventRef<'_>) -> Result<(), PublishError> {
+        self.publish_event_metrics(&event.to_metrics())
+    }
+
+    /// Receives a finished network operation borrowed from the delivery thread; see
+    /// [`publish_event`](Self::publish_event).
+    fn publish_network(&self, operation: NetworkRef<'_>) -> Result<(), PublishError> {
+        self.publish_network_metrics(&operation.to_metrics())
+    }
+
     /// Delivers whatever the publisher buffers, returning by `deadline`.
     fn flush(&self, _deadline: Instant) -> Result<(), PublishError> {
         Ok(())
@@ -96,6 +142,12 @@ impl<P: MetricsPublisher + Sync + ?Sized> MetricsPublisher for Arc<P> {
     }
     fn publish_network_metrics(&self, metrics: &NetworkMetrics) -> Result<(), PublishError> {
         (**self).publish_network_metrics(metrics)
+    }
+    fn publish_event(&self, event: EventRef<'_>) -> Result<(), PublishError> {
+        (**self).publish_event(event)
+    }
+    fn publish_network(&self, operation: NetworkRef<'_>) -> Result<(), PublishError> {
+        (**self).publish_network(operation)
     }
     fn flush(&self, deadline: Instant) -> Result<(), PublishError> {
         (**self).flush(deadline)

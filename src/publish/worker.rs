@@ -329,11 +329,9 @@ fn deliver(
     let none = Interner::default();
     let names = names.unwrap_or(&none);
     match payload {
-        Payload::EventRecord(record) => publisher.publish_event_metrics(&record.to_public(names)),
+        Payload::EventRecord(record) => publisher.publish_event(record.borrowed(names)),
         Payload::Event(metrics) => publisher.publish_event_metrics(&metrics),
-        Payload::NetworkRecord(record) => {
-            publisher.publish_network_metrics(&record.to_public(names))
-        }
+        Payload::NetworkRecord(record) => publisher.publish_network(record.borrowed(names)),
         Payload::Network(metrics) => publisher.publish_network_metrics(&metrics),
     }
 }

@@ -45,7 +45,7 @@ pub(crate) use histogram::{check_buckets, HistogramSnapshot, DEFAULT_BUCKETS};
 pub(crate) use labels::OTHER;
 
 use crate::publish::PipelineHealth;
-use crate::record::{EventMetrics, NetworkMetrics, Status};
+use crate::record::{EventRef, NetworkRef, Status};
 use histogram::Histogram;
 use labels::LabelSlots;
 
@@ -252,11 +252,11 @@ impl PipelineSeries {
     /// Aggregates a finished event: its duration under `{event_name, status}` and its retries
     /// under `{event_name}`. One slot lookup and three atomic additions.
     #[inline]
-    pub(crate) fn record_event(&self, event: &EventMetrics) {
+    pub(crate) fn record_event(&self, event: EventRef<'_>) {
         let duration = event.duration();
         let buckets = &self.config.buckets;
         self.events.with(
-            &event.event_name,
+            event.event_name,
             || EventSlot::new(buckets),
             |slot| {
                 slot.duration[status_index(event.status)].observe(duration);
@@ -268,11 +268,11 @@ impl PipelineSeries {
     /// Aggregates a finished network operation: bytes each way, latency, and the operation
     /// itself by status. One slot lookup and five atomic additions.
     #[inline]
-    pub(crate) fn record_network(&self, op: &NetworkMetrics) {
+    pub(crate) fn record_network(&self, op: NetworkRef<'_>) {
         let latency = op.latency();
         let buckets = &self.config.buckets;
         self.operations.with(
-            &op.operation,
+            op.operation,
             || OperationSlot::new(buckets),
             |slot| {
                 slot.sent.add(op.bytes_sent);
@@ -496,6 +496,7 @@ impl PipelineSeries {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::record::{EventMetrics, NetworkMetrics};
     use std::time::{Duration, SystemTime};
 
     /// An event that started 1000 s after the epoch and took `millis`; also used by the
@@ -537,10 +538,10 @@ pub(crate) mod tests {
     #[test]
     fn events_aggregate_by_name_and_status() {
         let series = PipelineSeries::new(SeriesConfig::default());
-        series.record_event(&event("load", Status::Completed, 1500, 2));
-        series.record_event(&event("load", Status::Completed, 500, 0));
-        series.record_event(&event("load", Status::Failed, 10, 1));
-        series.record_event(&event("aaa", Status::Completed, 10, 0));
+        series.record_event(event("load", Status::Completed, 1500, 2).borrowed());
+        series.record_event(event("load", Status::Completed, 500, 0).borrowed());
+        series.record_event(event("load", Status::Failed, 10, 1).borrowed());
+        series.record_event(event("aaa", Status::Completed, 10, 0).borrowed());
         let families = series.snapshot(None);
 
         let duration = family(&families, "event_duration_seconds");
@@ -573,8 +574,8 @@ pub(crate) mod tests {
     #[test]
     fn network_operations_aggregate_bytes_latency_and_status() {
         let series = PipelineSeries::new(SeriesConfig::default());
-        series.record_network(&op("remote_call", 1000, 500, false));
-        series.record_network(&op("remote_call", 1, 2, true));
+        series.record_network(op("remote_call", 1000, 500, false).borrowed());
+        series.record_network(op("remote_call", 1, 2, true).borrowed());
         let families = series.snapshot(None);
         let bytes = family(&families, "network_bytes");
         let rows: Vec<_> = bytes
@@ -615,7 +616,7 @@ pub(crate) mod tests {
             ..SeriesConfig::default()
         });
         for i in 0..10 {
-            series.record_event(&event(&format!("e{i}"), Status::Completed, 1, 1));
+            series.record_event(event(&format!("e{i}"), Status::Completed, 1, 1).borrowed());
         }
         let families = series.snapshot(None);
         let retries = family(&families, "event_retries");
@@ -645,7 +646,7 @@ pub(crate) mod tests {
             buckets: Arc::from(&[0.5, 1.0][..]),
             max_label_values: 10,
         });
-        series.record_event(&event("x", Status::Completed, 700, 0));
+        series.record_event(event("x", Status::Completed, 700, 0).borrowed());
         let families = series.snapshot(None);
         assert!(families.iter().all(|f| f.name.starts_with("etl_")));
         let Value::Histogram(h) = &family(&families, "etl_event_duration_seconds").series[0].value
