@@ -11,11 +11,13 @@
 //! - exact running totals, which eviction does not touch,
 //! - its own copy of the publisher set, its interned names and its wall-clock anchor.
 //!
-//! With more than one shard, [`claims`] records which shard holds each in-flight id, so a start
-//! refuses an id in flight on any thread and an end or retry from another thread finds its
-//! record. A start/end pair on one thread hashes once per call, takes its home shard's
-//! uncontended lock once per call, writes one word of the claims and reads the monotonic clock
-//! once per call; it allocates nothing for short task ids and known names.
+//! Once a second thread starts records, [`claims`] records which shard holds each in-flight id,
+//! so a start refuses an id in flight on any thread and an end or retry from another thread
+//! finds its record; while one thread starts them all, its home shard answers both questions
+//! and no claims are kept. A start/end pair on one thread hashes once per call, takes its home
+//! shard's uncontended lock once per call (and with several recorders writes one word of the
+//! claims) and reads the monotonic clock once per call; it allocates nothing for short task ids
+//! and known names.
 //!
 //! A full store evicts the oldest record of the receiving shard, unless another shard's oldest
 //! is much older (a thread stopped recording, say): then it evicts from that shard for a while,
@@ -23,7 +25,7 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -431,8 +433,14 @@ pub(crate) struct Store<R: Record> {
     /// Each shard's oldest finished record (its monotonic start), [`EMPTY`] for none: read by
     /// other shards choosing where to evict from.
     fronts: Box<[CachePadded<AtomicU64>]>,
-    /// Which shard holds each in-flight id; none with one shard.
+    /// Which shard holds each in-flight id; none with one shard. Kept only once a second
+    /// thread starts records (see [`Mode`]).
     claims: Option<Claims>,
+    mode: AtomicU8,
+    /// The home shard of the first thread to start a record, [`NO_HOME`] before.
+    first_home: AtomicUsize,
+    /// Held while the store turns to [`Mode::Claimed`].
+    turning: Mutex<()>,
     hasher: foldhash::fast::RandomState,
     shard_mask: usize,
     budget: Budget,
@@ -459,6 +467,23 @@ pub(crate) fn default_shards(retention: usize) -> usize {
     // Round down to a power of two so a mask picks the shard.
     1 << wanted.ilog2()
 }
+
+/// Whether a store keeps claims. While one thread starts all records they are all in its home
+/// shard, which answers every question claims would, so that thread pays nothing for them.
+/// When another thread starts one, the store claims every record in flight and keeps claims
+/// from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    /// Every in-flight record is in the first recorder's home shard; no claims.
+    OneRecorder,
+    /// Claiming the records in flight; wait on `turning`.
+    Turning,
+    /// Every in-flight record is claimed.
+    Claimed,
+}
+
+const NO_HOME: usize = usize::MAX;
 
 /// This thread's turn number: its home shard in every store is this number masked. A thread
 /// takes the smallest number no running thread holds, so threads that replace finished ones
@@ -496,6 +521,9 @@ impl<R: Record> Store<R> {
                 .map(|_| CachePadded::new(AtomicU64::new(EMPTY)))
                 .collect(),
             claims: (shards > 1).then(|| Claims::new(CLAIM_BUCKETS)),
+            mode: AtomicU8::new(Mode::OneRecorder as u8),
+            first_home: AtomicUsize::new(NO_HOME),
+            turning: Mutex::new(()),
             hasher: foldhash::fast::RandomState::default(),
             shard_mask: shards - 1,
             budget: Budget {
@@ -538,16 +566,106 @@ impl<R: Record> Store<R> {
         }
     }
 
-    /// The shards to look in for an in-flight record: this thread's home shard, then (only if
-    /// the caller goes on) the others its claims point to.
+    fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Acquire) {
+            0 => Mode::OneRecorder,
+            1 => Mode::Turning,
+            _ => Mode::Claimed,
+        }
+    }
+
+    /// Waits until a store turning to claims has claimed every record in flight.
+    #[cold]
+    fn wait_for_claims(&self) {
+        drop(self.turning.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The claims a start from `home` must take: none while this thread is the store's only
+    /// recorder (checked again under its shard's lock), else the claims, turning the store to
+    /// claims first if this is the second recorder.
     #[inline]
-    fn in_flight_shards(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
-        let home = self.home();
-        let others = (0..1).flat_map(move |_| {
-            let homes = self.claims.as_ref().map_or(0, |c| c.homes(hash)) & !(1 << home);
-            shards_of(homes)
-        });
-        std::iter::once(home).chain(others)
+    fn claims_for_start(&self, home: usize) -> Option<&Claims> {
+        let claims = self.claims.as_ref()?;
+        if self.mode() == Mode::Claimed {
+            return Some(claims);
+        }
+        let first = match self.first_home.compare_exchange(
+            NO_HOME,
+            home,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => home,
+            Err(first) => first,
+        };
+        if first == home {
+            return None;
+        }
+        self.turn_to_claims(claims);
+        Some(claims)
+    }
+
+    /// Claims every record in flight and keeps claims from then on. Records that recorders
+    /// without claims add meanwhile are claimed too: such a recorder checks the mode under its
+    /// shard's lock, which the claiming takes after announcing the turn.
+    #[cold]
+    fn turn_to_claims(&self, claims: &Claims) {
+        let _turning = self.turning.lock().unwrap_or_else(|p| p.into_inner());
+        if self.mode() == Mode::Claimed {
+            return;
+        }
+        self.mode.store(Mode::Turning as u8, Ordering::SeqCst);
+        for index in 0..self.shards.len() {
+            let shard = self.lock(index);
+            for record in shard.in_flight.iter() {
+                claims
+                    .lock(self.hasher.hash_one(record.task_id()))
+                    .claim(index);
+            }
+        }
+        self.mode.store(Mode::Claimed as u8, Ordering::Release);
+    }
+
+    /// Runs `op` on shards that may hold `task_id` in flight, locked, until it returns `Some`:
+    /// this thread's home shard, then those its claims point to; or, while one thread records,
+    /// that thread's shard alone. Returns what `op` returned, the shard, and whether the
+    /// shard's records are claimed.
+    fn with_in_flight<T>(
+        &self,
+        hash: u64,
+        mut op: impl FnMut(usize, &mut Shard<R>) -> Option<T>,
+    ) -> Option<(T, usize, bool)> {
+        let Some(claims) = &self.claims else {
+            return op(0, &mut self.lock(0)).map(|found| (found, 0, false));
+        };
+        loop {
+            if self.mode() == Mode::Claimed {
+                let home = self.home();
+                let others = claims.homes(hash) & !(1 << home);
+                for index in std::iter::once(home).chain(shards_of(others)) {
+                    if let Some(found) = op(index, &mut self.lock(index)) {
+                        return Some((found, index, true));
+                    }
+                }
+                return None;
+            }
+            let first = self.first_home.load(Ordering::Acquire);
+            if first == NO_HOME {
+                return None;
+            }
+            let mut shard = self.lock(first);
+            match self.mode() {
+                // Only the first recorder's shard holds records in flight.
+                Mode::OneRecorder => {
+                    return op(first, &mut shard).map(|found| (found, first, false))
+                }
+                Mode::Claimed => {}
+                Mode::Turning => {
+                    drop(shard);
+                    self.wait_for_claims();
+                }
+            }
+        }
     }
 
     /// Whether one of the `homes` shards holds `task_id` in flight.
@@ -574,39 +692,52 @@ impl<R: Record> Store<R> {
         let already = || TelemetryError::AlreadyInFlight {
             task_id: task_id.to_owned(),
         };
-        // Held until the record is in place: no other start of this id can slip in between.
-        let claim = self.claims.as_ref().map(|claims| claims.lock(hash));
-        if let Some(claim) = &claim {
-            let homes = claim.homes();
-            if homes != 0 && self.in_flight_in(homes, hash, task_id) {
-                return Err(already());
+        loop {
+            // Held until the record is in place: no other start of this id can slip in between.
+            let claim = self.claims_for_start(home).map(|claims| claims.lock(hash));
+            if let Some(claim) = &claim {
+                let homes = claim.homes();
+                if homes != 0 && self.in_flight_in(homes, hash, task_id) {
+                    return Err(already());
+                }
             }
-        }
-        let mut guard = self.lock(home);
-        let shard = &mut *guard;
-        if claim.is_none()
-            && shard
+            let mut guard = self.lock(home);
+            let shard = &mut *guard;
+            if claim.is_none() {
+                match self.mode() {
+                    Mode::OneRecorder => {}
+                    // Another thread started recording since: start again with claims.
+                    Mode::Claimed => continue,
+                    Mode::Turning => {
+                        drop(guard);
+                        self.wait_for_claims();
+                        continue;
+                    }
+                }
+                if shard
+                    .in_flight
+                    .find(hash, |r| r.task_id() == task_id)
+                    .is_some()
+                {
+                    return Err(already());
+                }
+            }
+            let record = make(Start {
+                task_id: TaskId::from(task_id),
+                key_hash: hash as u32,
+                start_wall_ns: shard.clock.wall_ns(start_mono),
+                start_mono,
+                names: &mut shard.names,
+            });
+            let hasher = &self.hasher;
+            shard
                 .in_flight
-                .find(hash, |r| r.task_id() == task_id)
-                .is_some()
-        {
-            return Err(already());
+                .insert_unique(hash, record, |r| hasher.hash_one(r.task_id()));
+            if let Some(claim) = claim {
+                claim.claim(home);
+            }
+            return Ok(());
         }
-        let record = make(Start {
-            task_id: TaskId::from(task_id),
-            key_hash: hash as u32,
-            start_wall_ns: shard.clock.wall_ns(start_mono),
-            start_mono,
-            names: &mut shard.names,
-        });
-        let hasher = &self.hasher;
-        shard
-            .in_flight
-            .insert_unique(hash, record, |r| hasher.hash_one(r.task_id()));
-        if let Some(claim) = claim {
-            claim.claim(home);
-        }
-        Ok(())
     }
 
     /// Changes an in-flight record.
@@ -616,13 +747,12 @@ impl<R: Record> Store<R> {
         change: impl FnOnce(&mut R) -> T,
     ) -> Result<T, TelemetryError> {
         let hash = self.hasher.hash_one(task_id);
-        for index in self.in_flight_shards(hash) {
-            let mut shard = self.lock(index);
-            if let Some(record) = shard.in_flight.find_mut(hash, |r| r.task_id() == task_id) {
-                return Ok(change(record));
-            }
-        }
-        Err(unknown(task_id))
+        let mut change = Some(change);
+        let found = self.with_in_flight(hash, |_, shard| {
+            let record = shard.in_flight.find_mut(hash, |r| r.task_id() == task_id)?;
+            change.take().map(|change| change(record))
+        });
+        found.map(|(t, _, _)| t).ok_or_else(|| unknown(task_id))
     }
 
     /// Ends an in-flight record: `end` fills in its outcome, then it is counted, offered to
@@ -633,14 +763,14 @@ impl<R: Record> Store<R> {
         end: impl FnOnce(&mut R),
     ) -> Result<(), TelemetryError> {
         let hash = self.hasher.hash_one(task_id);
-        for index in self.in_flight_shards(hash) {
-            let mut guard = self.lock(index);
-            let shard = &mut *guard;
-            let Ok(entry) = shard.in_flight.find_entry(hash, |r| r.task_id() == task_id) else {
-                continue;
-            };
+        let mut end = Some(end);
+        let found = self.with_in_flight(hash, |index, shard| {
+            let entry = shard
+                .in_flight
+                .find_entry(hash, |r| r.task_id() == task_id)
+                .ok()?;
             let (mut record, _) = entry.remove();
-            end(&mut record);
+            (end.take()?)(&mut record);
             R::account(&mut shard.totals, &record);
             shard
                 .publishers
@@ -651,20 +781,24 @@ impl<R: Record> Store<R> {
                 index,
                 fronts: &self.fronts,
             };
-            let (evicted, steal) = shard.keep(record, &self.budget, place);
+            let kept = shard.keep(record, &self.budget, place);
             self.mark_front(index, shard);
-            // Freeing evicted records is the slowest part; do it without holding the lock.
-            drop(guard);
+            Some(kept)
+        });
+        // The shard's lock is released: freeing evicted records is the slowest part.
+        let Some(((evicted, steal), index, claimed)) = found else {
+            return Err(unknown(task_id));
+        };
+        if claimed {
             if let Some(claims) = &self.claims {
                 claims.release(hash, index);
             }
-            drop(evicted);
-            if let Some(steal) = steal {
-                self.evict_elsewhere(steal);
-            }
-            return Ok(());
         }
-        Err(unknown(task_id))
+        drop(evicted);
+        if let Some(steal) = steal {
+            self.evict_elsewhere(steal);
+        }
+        Ok(())
     }
 
     /// Evicts the oldest records of another shard, for room a shard made for its own.
@@ -683,11 +817,12 @@ impl<R: Record> Store<R> {
     /// newest retained finished one.
     pub(crate) fn get<T>(&self, task_id: &str, read: impl Fn(&R, &Interner) -> T) -> Option<T> {
         let hash = self.hasher.hash_one(task_id);
-        for index in self.in_flight_shards(hash) {
-            let shard = self.lock(index);
-            if let Some(record) = shard.in_flight.find(hash, |r| r.task_id() == task_id) {
-                return Some(read(record, &shard.names));
-            }
+        let in_flight = self.with_in_flight(hash, |_, shard| {
+            let record = shard.in_flight.find(hash, |r| r.task_id() == task_id)?;
+            Some(read(record, &shard.names))
+        });
+        if let Some((found, _, _)) = in_flight {
+            return Some(found);
         }
         let mut newest: Option<(u64, T)> = None;
         for index in 0..self.shards.len() {
@@ -1004,6 +1139,61 @@ mod tests {
             s.finish(&id, |_| ()).unwrap();
         }
         assert_eq!(s.in_flight_len(), 0);
+    }
+
+    #[test]
+    fn a_second_recorder_finds_and_refuses_what_the_first_started_without_claims() {
+        let s = store(1000, 16);
+        for i in 0..100 {
+            s.start(&format!("a-{i}"), |st| record(st, i)).unwrap();
+        }
+        assert_eq!(s.mode(), Mode::OneRecorder);
+        on_another_thread(|| {
+            assert!(matches!(
+                s.start("a-7", |st| record(st, 0)),
+                Err(TelemetryError::AlreadyInFlight { .. })
+            ));
+            s.finish("a-8", |_| ()).unwrap();
+            s.start("b-1", |st| record(st, 0)).unwrap();
+        });
+        assert_eq!(s.mode(), Mode::Claimed);
+        assert!(matches!(
+            s.start("b-1", |st| record(st, 0)),
+            Err(TelemetryError::AlreadyInFlight { .. })
+        ));
+        for i in (0..100).filter(|&i| i != 8) {
+            s.finish(&format!("a-{i}"), |_| ()).unwrap();
+        }
+        s.finish("b-1", |_| ()).unwrap();
+        assert_eq!(s.in_flight_len(), 0);
+        assert_eq!(s.retained_len(), 101);
+    }
+
+    #[test]
+    fn threads_turning_a_store_to_claims_at_once_lose_no_duplicate() {
+        for _ in 0..30 {
+            let s = store(1000, 16);
+            let barrier = std::sync::Barrier::new(3);
+            let started: usize = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..3)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            (0..200)
+                                .filter(|i| s.start(&format!("id-{i}"), |st| record(st, 0)).is_ok())
+                                .count()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).sum()
+            });
+            assert_eq!(started, 200);
+            assert_eq!(s.in_flight_len(), 200);
+            for i in 0..200 {
+                s.finish(&format!("id-{i}"), |_| ()).unwrap();
+            }
+            assert_eq!(s.in_flight_len(), 0);
+        }
     }
 
     #[test]
