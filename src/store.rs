@@ -274,14 +274,20 @@ impl<R: Record> Shard<R> {
         self.index = Some(index);
     }
 
-    /// Retains a finished record. Returns the records it evicted to make room and, when the
-    /// room is to be made in another shard (see [`Shard::review`]), that shard and how many of
-    /// its records to evict once this lock is released.
-    fn keep(&mut self, record: R, budget: &Budget, at: Place<'_>) -> (Evicted<R>, Option<Steal>) {
-        let mut evicted = [None, None];
+    /// Retains a finished record, putting the records it evicts to make room in `evicted` (to
+    /// be freed after the lock). When the room is to be made in another shard (see
+    /// [`Shard::review`]), returns that shard and how many of its records to evict once this
+    /// lock is released.
+    fn keep(
+        &mut self,
+        record: R,
+        budget: &Budget,
+        at: Place<'_>,
+        evicted: &mut Evicted<R>,
+    ) -> Option<Steal> {
         if budget.limit == 0 {
             evicted[0] = Some(record);
-            return (evicted, None);
+            return None;
         }
         let due = budget.evictions_before_adding();
         let mut steal = None;
@@ -323,7 +329,7 @@ impl<R: Record> Shard<R> {
             let newest = &self.finished[self.finished.len() - 1];
             file(index, &self.finished, self.first_seq, seq, newest);
         }
-        (evicted, steal)
+        steal
     }
 
     /// Chooses where the next evictions come from: this shard, unless another shard's oldest
@@ -630,6 +636,7 @@ impl<R: Record> Store<R> {
     /// this thread's home shard, then those its claims point to; or, while one thread records,
     /// that thread's shard alone. Returns what `op` returned, the shard, and whether the
     /// shard's records are claimed.
+    #[inline]
     fn with_in_flight<T>(
         &self,
         hash: u64,
@@ -764,6 +771,8 @@ impl<R: Record> Store<R> {
     ) -> Result<(), TelemetryError> {
         let hash = self.hasher.hash_one(task_id);
         let mut end = Some(end);
+        // Filled under the lock, freed after it: freeing is the slowest part.
+        let mut evicted: Evicted<R> = [None, None];
         let found = self.with_in_flight(hash, |index, shard| {
             let entry = shard
                 .in_flight
@@ -781,12 +790,11 @@ impl<R: Record> Store<R> {
                 index,
                 fronts: &self.fronts,
             };
-            let kept = shard.keep(record, &self.budget, place);
+            let steal = shard.keep(record, &self.budget, place, &mut evicted);
             self.mark_front(index, shard);
-            Some(kept)
+            Some(steal)
         });
-        // The shard's lock is released: freeing evicted records is the slowest part.
-        let Some(((evicted, steal), index, claimed)) = found else {
+        let Some((steal, index, claimed)) = found else {
             return Err(unknown(task_id));
         };
         if claimed {
