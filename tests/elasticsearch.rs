@@ -1,6 +1,7 @@
 //! The Elasticsearch publisher against the in-suite fake Elasticsearch
 //! (`support/fake_elasticsearch.rs`, which says why no real cluster can run here and which
-//! documented behaviours it follows).
+//! documented behaviours it follows): indexing, retries, outages, bounds and deadlines,
+//! transport options (credentials, gzip, TLS with a CA certificate over a real handshake).
 #![cfg(feature = "elasticsearch")]
 
 #[path = "support/fake_elasticsearch.rs"]
@@ -357,8 +358,12 @@ fn every_record_arrives_exactly_once_across_a_retry_storm() {
         Fault::StoreThenStatus(502),
     ]);
     server.reject_items(150);
+    // Batches close at 100 documents only (never on the interval, whatever the machine's
+    // load): a first batch small enough for the 150 item rejections to cover it in every
+    // store-then-fail request would never be stored twice, so no 409 could be seen.
     let publisher = quick(&server)
         .request_timeout(Duration::from_millis(400))
+        .flush_interval(Duration::from_secs(3600))
         .batch_max_docs(100)
         .retry_limit(50)
         .build()
@@ -439,6 +444,34 @@ fn every_record_arrives_exactly_once_across_a_two_second_outage() {
     assert_eq!(s.sent, i as u64, "{s:?}");
     assert_eq!((s.refused, s.dropped), (0, 0), "{s:?}");
     assert_accounted(&s);
+}
+
+/// The fake's outage itself: while down it keeps its port, so no other server of this binary
+/// can take it and receive what was meant for this one, and resets each connection without an
+/// answer; back up, it serves on the same port.
+#[test]
+fn a_fake_that_is_down_keeps_its_port_and_resets_connections() {
+    use std::io::{ErrorKind, Read};
+    let server = FakeElasticsearch::start();
+    server.go_down();
+    let rebind = std::net::TcpListener::bind(server.addr());
+    assert!(rebind.is_err(), "the port was free while down");
+    // Only a read: a write racing the reset would take the error, leaving the read an EOF.
+    let mut conn = std::net::TcpStream::connect(server.addr()).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    server.come_back();
+    let publisher = quick(&server).build().unwrap();
+    publisher.publish_event_metrics(&test_event()).unwrap();
+    publisher.flush(deadline()).unwrap();
+    assert_eq!(server.doc_count(), 1);
 }
 
 /// A restart: the node goes down while a batch is stored but unanswered and comes straight
@@ -899,9 +932,93 @@ fn bad_prefixes_and_hosts_fail_at_construction() {
     ));
 }
 
+/// Issue 6's "CA certificate for TLS", over a real handshake: the fake serves HTTPS only,
+/// with a certificate signed by a CA made for it. Trusting that CA, documents are indexed
+/// whether the host is named by IP address or by DNS name (both are in the certificate).
+#[test]
+fn documents_are_indexed_over_https_with_the_configured_ca() {
+    let server = FakeElasticsearch::start_https();
+    let ca = server.ca_pem().unwrap();
+    let hosts = [
+        server.url(),
+        format!("https://localhost:{}", server.addr().port()),
+    ];
+    for (n, host) in hosts.into_iter().enumerate() {
+        assert!(host.starts_with("https://"), "{host}");
+        let publisher = quick_hosts([host.clone()])
+            .ca_certificate_pem(ca.as_bytes())
+            .unwrap()
+            .build()
+            .unwrap();
+        for i in 0..10 {
+            publisher.publish_event_metrics(&event(n * 10 + i)).unwrap();
+        }
+        publisher.flush(deadline()).unwrap();
+        let s = publisher.stats();
+        assert_eq!(
+            (s.sent, s.failed_requests, s.dropped, s.last_error.clone()),
+            (10, 0, 0, None),
+            "{host}: {s:?}"
+        );
+    }
+    assert_exactly_once(&server, (0..20).map(|i| format!("task-{i}")));
+}
+
+/// Without the CA (the built-in Mozilla roots) or with another CA, the handshake fails:
+/// no request reaches the server, the last error names the host and the certificate
+/// problem, and every document is accounted for (retried, then given up at the retry
+/// limit), none lost silently.
+#[test]
+fn an_untrusted_server_certificate_fails_the_handshake_and_is_reported() {
+    let server = FakeElasticsearch::start_https();
+    let other_ca = include_str!("support/test_ca.pem");
+    let cases = [
+        ("built-in roots", quick(&server)),
+        (
+            "another CA",
+            quick(&server)
+                .ca_certificate_pem(other_ca.as_bytes())
+                .unwrap(),
+        ),
+    ];
+    for (trust, builder) in cases {
+        let publisher = builder
+            .flush_interval(Duration::from_secs(3600))
+            .retry_limit(2)
+            .build()
+            .unwrap();
+        for i in 0..5 {
+            publisher.publish_event_metrics(&event(i)).unwrap();
+        }
+        publisher.flush(deadline()).unwrap();
+        let s = publisher.stats();
+        // One batch, tried three times: 2 retries of 5 documents, then all 5 given up.
+        assert_eq!(
+            (s.accepted, s.sent, s.failed_requests, s.retried),
+            (5, 0, 3, 10),
+            "{trust}: {s:?}"
+        );
+        assert_eq!(
+            (s.dropped, s.dropped_retry_limit, s.refused),
+            (5, 5, 0),
+            "{trust}: {s:?}"
+        );
+        assert_accounted(&s);
+        let error = s.last_error.unwrap_or_default();
+        assert!(
+            error.starts_with(&server.url())
+                && error.contains("invalid peer certificate: UnknownIssuer"),
+            "{trust}: {error}"
+        );
+    }
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+    assert_eq!(server.doc_count(), 0);
+}
+
 #[test]
 fn a_ca_certificate_is_read_from_pem() {
-    // A self-signed certificate (CN=pipeline-telemetry-test), as Elasticsearch's http_ca.crt.
+    // A self-signed CA certificate (CN=pipeline-telemetry-test) as Elasticsearch's http_ca.crt,
+    // without its key: a parse fixture, and the "another CA" no server here is signed by.
     let pem = include_str!("support/test_ca.pem");
     let builder = ElasticsearchPublisher::builder(["https://localhost:9200"]).unwrap();
     builder

@@ -34,8 +34,14 @@
 //! wins) and from per-field overrides that stand for an index created earlier with other
 //! mappings. Data survives [`FakeElasticsearch::restart`], as a cluster's would.
 //!
+//! While down ([`FakeElasticsearch::go_down`]) the server keeps its port and resets every
+//! connection at once, so no other server of the test binary can take the port and receive
+//! what was meant for this one.
+//!
 //! HTTP/1.1 is handled by a minimal parser on `std::net`: keep-alive, `Content-Length` and
-//! chunked bodies, one thread per connection.
+//! chunked bodies, one thread per connection. [`FakeElasticsearch::start_https`] serves the
+//! same over TLS (rustls, as a cluster with security on does), with a certificate signed by a
+//! CA made for that server at run time: test-only keys, never written anywhere.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -121,7 +127,13 @@ struct Inner {
     changed: Condvar,
     keep_sources: bool,
     product_header: AtomicBool,
+    /// Serving; when false, connections are reset as they arrive. Changed under the
+    /// `connections` lock, so no connection is let in after [`FakeElasticsearch::go_down`].
     up: AtomicBool,
+    /// The acceptor is to end (the server is dropped).
+    stopped: AtomicBool,
+    /// `Some`: HTTPS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
     connections: Mutex<Vec<(u64, TcpStream)>>,
     next_conn: AtomicU64,
 }
@@ -136,22 +148,33 @@ impl Inner {
 pub struct FakeElasticsearch {
     inner: Arc<Inner>,
     addr: SocketAddr,
-    acceptor: Mutex<Option<JoinHandle<()>>>,
+    acceptor: Option<JoinHandle<()>>,
+    /// The PEM of the CA that signed the HTTPS server's certificate.
+    ca_pem: Option<String>,
 }
 
 impl FakeElasticsearch {
     /// A server on a free loopback port that keeps document sources and checks mappings.
     pub fn start() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, None)
+    }
+
+    /// A server like [`start`](Self::start) that speaks HTTPS only, with a certificate for
+    /// `localhost` and `127.0.0.1` signed by a CA of its own ([`ca_pem`](Self::ca_pem)),
+    /// as Elasticsearch's `http_ca.crt` signs its node certificates.
+    pub fn start_https() -> Self {
+        let (ca_pem, config) = test_certificates();
+        Self::start_with(true, Some((ca_pem, config)))
     }
 
     /// A server that keeps only `_index` and `_id` (for the benchmark: no source parsing, no
     /// mapping checks).
     pub fn start_ids_only() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, None)
     }
 
-    fn start_with(keep_sources: bool) -> Self {
+    fn start_with(keep_sources: bool, tls: Option<(String, rustls::ServerConfig)>) -> Self {
+        let (ca_pem, tls) = tls.map(|(pem, config)| (pem, Arc::new(config))).unzip();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
         let inner = Arc::new(Inner {
@@ -160,6 +183,8 @@ impl FakeElasticsearch {
             keep_sources,
             product_header: AtomicBool::new(true),
             up: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            tls,
             connections: Mutex::new(Vec::new()),
             next_conn: AtomicU64::new(0),
         });
@@ -167,13 +192,24 @@ impl FakeElasticsearch {
         FakeElasticsearch {
             inner,
             addr,
-            acceptor: Mutex::new(Some(acceptor)),
+            acceptor: Some(acceptor),
+            ca_pem,
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://…` for [`start_https`](Self::start_https).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA certificate (PEM) an HTTPS server's certificate is signed by.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -214,40 +250,23 @@ impl FakeElasticsearch {
         self.inner.product_header.store(on, Ordering::Relaxed);
     }
 
-    /// Stops listening and closes every connection: clients get "connection refused" until
-    /// [`come_back`](Self::come_back). Data is kept.
+    /// Closes every connection and resets each new one at once, without an answer, until
+    /// [`come_back`](Self::come_back): clients get a transport error, as from a node that is
+    /// down. The port stays bound, so no other server can take it meanwhile. Data is kept.
     pub fn go_down(&self) {
-        if !self.inner.up.swap(false, Ordering::SeqCst) {
-            return;
-        }
-        // Wake the acceptor so it drops the listener.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(handle) = self.acceptor.lock().unwrap().take() {
-            let _ = handle.join();
-        }
-        for (_, conn) in self.inner.connections.lock().unwrap().drain(..) {
+        let open = {
+            let mut connections = self.inner.connections.lock().unwrap();
+            self.inner.up.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *connections)
+        };
+        for (_, conn) in open {
             let _ = conn.shutdown(Shutdown::Both);
         }
     }
 
-    /// Listens again on the same port.
+    /// Serves again, on the same port.
     pub fn come_back(&self) {
-        if self.inner.up.load(Ordering::SeqCst) {
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("rebinding {}: {e}", self.addr),
-            }
-        };
         self.inner.up.store(true, Ordering::SeqCst);
-        *self.acceptor.lock().unwrap() = Some(spawn_acceptor(listener, Arc::clone(&self.inner)));
     }
 
     /// Goes down and comes back at once (a node restart), keeping its data.
@@ -330,7 +349,21 @@ impl FakeView<'_> {
 impl Drop for FakeElasticsearch {
     fn drop(&mut self) {
         self.go_down();
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        // Wake the acceptor so it ends and frees the port (if the wake-up cannot connect, the
+        // thread is left behind rather than waited for).
+        if TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).is_ok() {
+            if let Some(handle) = self.acceptor.take() {
+                let _ = handle.join();
+            }
+        }
     }
+}
+
+/// Closes `stream` with a reset (`SO_LINGER` 0) rather than an orderly close: the client's
+/// next read or write fails at once, as if nothing were listening.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
 }
 
 fn spawn_acceptor(listener: TcpListener, inner: Arc<Inner>) -> JoinHandle<()> {
@@ -338,13 +371,20 @@ fn spawn_acceptor(listener: TcpListener, inner: Arc<Inner>) -> JoinHandle<()> {
         .name("fake-es-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                if !inner.up.load(Ordering::SeqCst) {
+                if inner.stopped.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
                 let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-                if let Ok(clone) = stream.try_clone() {
-                    inner.connections.lock().unwrap().push((id, clone));
+                {
+                    let mut connections = inner.connections.lock().unwrap();
+                    if !inner.up.load(Ordering::SeqCst) {
+                        reset(stream);
+                        continue;
+                    }
+                    if let Ok(clone) = stream.try_clone() {
+                        connections.push((id, clone));
+                    }
                 }
                 let inner = Arc::clone(&inner);
                 let _ = std::thread::Builder::new()
@@ -378,18 +418,32 @@ enum Answer {
 
 fn serve(stream: TcpStream, inner: &Inner) {
     let _ = stream.set_nodelay(true);
-    let Ok(write_half) = stream.try_clone() else {
+    let Ok(socket) = stream.try_clone() else {
         return;
     };
-    let mut writer = std::io::BufWriter::new(write_half);
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    match &inner.tls {
+        None => serve_http(stream, &socket, inner),
+        Some(config) => {
+            let Ok(tls) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                return;
+            };
+            // The handshake happens on the first read; a client that does not trust the
+            // certificate aborts it, and the read fails.
+            serve_http(rustls::StreamOwned::new(tls, stream), &socket, inner);
+        }
+    }
+}
+
+/// Answers the requests of one connection, plain or TLS; `socket` is its TCP socket.
+fn serve_http(stream: impl Read + Write, socket: &TcpStream, inner: &Inner) {
+    let mut stream = BufReader::with_capacity(1 << 16, stream);
     loop {
-        let request = match read_request(&mut reader) {
+        let request = match read_request(&mut stream) {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(message) => {
                 let body = error_body(400, "parse_exception", &message);
-                let _ = write_answer(&mut writer, inner, 400, &[], &body, false);
+                let _ = write_answer(stream.get_mut(), inner, 400, &[], &body, false);
                 return;
             }
         };
@@ -399,16 +453,16 @@ fn serve(stream: TcpStream, inner: &Inner) {
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         match handle(inner, request) {
             Answer::Close => {
-                let _ = writer.get_ref().shutdown(Shutdown::Both);
+                let _ = socket.shutdown(Shutdown::Both);
                 return;
             }
             Answer::Json(status, headers, body) => {
-                if write_answer(&mut writer, inner, status, &headers, &body, false).is_err() {
+                if write_answer(stream.get_mut(), inner, status, &headers, &body, false).is_err() {
                     return;
                 }
             }
             Answer::Head(status) => {
-                if write_answer(&mut writer, inner, status, &[], b"", true).is_err() {
+                if write_answer(stream.get_mut(), inner, status, &[], b"", true).is_err() {
                     return;
                 }
             }
@@ -453,14 +507,16 @@ fn write_answer(
         head_text.push_str(&format!("{k}: {v}\r\n"));
     }
     head_text.push_str("\r\n");
-    w.write_all(head_text.as_bytes())?;
+    // One write: one TLS record, one segment where it fits.
+    let mut out = head_text.into_bytes();
     if !head {
-        w.write_all(body)?;
+        out.extend_from_slice(body);
     }
+    w.write_all(&out)?;
     w.flush()
 }
 
-fn read_request(r: &mut BufReader<TcpStream>) -> Result<Option<Request>, String> {
+fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, String> {
     let mut line = String::new();
     match r.read_line(&mut line) {
         Ok(0) | Err(_) => return Ok(None),
@@ -1246,4 +1302,35 @@ fn index_api(inner: &Inner, method: &str, path: &str, query: &str) -> Option<Ans
         }
         _ => None,
     }
+}
+
+/// A CA and a server certificate it signed for `localhost` and `127.0.0.1`, made afresh for
+/// one server: the CA's PEM for clients to trust, and the server's TLS configuration. Made
+/// at run time, so no key is committed and nothing expires; test-only.
+fn test_certificates() -> (String, rustls::ServerConfig) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "fake-elasticsearch test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server names")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server.der().clone()],
+        rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    )
+    .expect("server certificate and key");
+    (ca.pem(), config)
 }
