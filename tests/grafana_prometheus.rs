@@ -15,7 +15,7 @@ mod receiver;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pipeline_telemetry::grafana::{GrafanaCloudBuilder, GrafanaCloudPublisher};
+use pipeline_telemetry::grafana::{GrafanaCloudBuilder, GrafanaCloudPublisher, StatsHandle};
 use pipeline_telemetry::{EventMetrics, MetricsPublisher, PublishError, Status, Telemetry};
 use prometheus_server::{http_get, url_encode, PrometheusServer};
 use receiver::{auth_proxy, basic, Receiver};
@@ -100,6 +100,116 @@ fn event(name: &str, status: Status, millis: u64) -> EventMetrics {
     }
 }
 
+/// One unit of work through `Telemetry`: event `name` (retried `i % 4` times, failed when
+/// `i % 5 == 0`) around one network call (failed when `i % 9 == 0`).
+fn work(telemetry: &Telemetry, name: &str, i: usize) {
+    let event = telemetry.events.track(name, &format!("task-{i}")).unwrap();
+    for _ in 0..(i % 4) {
+        event.retry().unwrap();
+    }
+    {
+        let operation = ["fetch", "store"][i % 2];
+        let mut call = telemetry
+            .network
+            .track(&format!("net-{i}"), "storage.local", 9000, Some(operation))
+            .unwrap();
+        call.sent(100 + i as u64);
+        call.received(1000 * i as u64);
+        if i % 9 == 0 {
+            call.fail("connection reset").unwrap();
+        } else {
+            call.complete().unwrap();
+        }
+    }
+    if i % 5 == 0 {
+        event.fail("boom").unwrap();
+    } else {
+        event.complete().unwrap();
+    }
+}
+
+/// What a workload recorded, computed from the records themselves, keyed as [`vector`] keys
+/// the stored series.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// By `event_name`, `status`.
+    count: BTreeMap<Vec<String>, f64>,
+    /// By `event_name`, `status`, in seconds.
+    sums: BTreeMap<Vec<String>, f64>,
+    /// By `event_name`.
+    retries: BTreeMap<Vec<String>, f64>,
+    /// By `operation`, `direction`.
+    bytes: BTreeMap<Vec<String>, f64>,
+    /// By `operation`, `status`.
+    ops: BTreeMap<Vec<String>, f64>,
+    /// By `operation`.
+    latency_count: BTreeMap<Vec<String>, f64>,
+}
+
+fn recorded(telemetry: &Telemetry) -> Recorded {
+    let mut r = Recorded::default();
+    let mut sum_nanos: BTreeMap<Vec<String>, u128> = BTreeMap::new();
+    for e in telemetry.events.all_metrics() {
+        let key = vec![e.event_name.clone(), e.status.to_string()];
+        *r.count.entry(key.clone()).or_default() += 1.0;
+        *sum_nanos.entry(key).or_default() += e.duration().as_nanos();
+        *r.retries.entry(vec![e.event_name.clone()]).or_default() += f64::from(e.retry_count);
+    }
+    r.sums = sum_nanos
+        .into_iter()
+        .map(|(k, n)| (k, n as f64 / 1e9))
+        .collect();
+    for n in telemetry.network.all_metrics() {
+        *r.bytes
+            .entry(vec![n.operation.clone(), "sent".into()])
+            .or_default() += n.bytes_sent as f64;
+        *r.bytes
+            .entry(vec![n.operation.clone(), "received".into()])
+            .or_default() += n.bytes_received as f64;
+        let status = if n.is_failed() { "failed" } else { "completed" };
+        *r.ops
+            .entry(vec![n.operation.clone(), status.into()])
+            .or_default() += 1.0;
+        *r.latency_count
+            .entry(vec![n.operation.clone()])
+            .or_default() += 1.0;
+    }
+    r
+}
+
+/// Asserts that the latest values Prometheus holds for `instance` (job `it`) are exactly
+/// the totals of `recorded`, and that the pipeline dropped no record.
+fn assert_stored(server: &PrometheusServer, instance: &str, recorded: &Recorded) {
+    let sel = format!("{{job=\"it\",instance=\"{instance}\"}}");
+    let es = ["event_name", "status"];
+    let stored = |metric: &str, keys: &[&str]| vector(server, &format!("{metric}{sel}"), keys);
+    assert_eq!(stored("event_duration_seconds_count", &es), recorded.count);
+    assert_eq!(stored("event_duration_seconds_sum", &es), recorded.sums);
+    let inf =
+        format!("event_duration_seconds_bucket{{job=\"it\",instance=\"{instance}\",le=\"+Inf\"}}");
+    assert_eq!(vector(server, &inf, &es), recorded.count);
+    assert_eq!(
+        stored("event_retries_total", &["event_name"]),
+        recorded.retries
+    );
+    assert_eq!(
+        stored("network_bytes_total", &["operation", "direction"]),
+        recorded.bytes
+    );
+    assert_eq!(
+        stored("network_operations_total", &["operation", "status"]),
+        recorded.ops
+    );
+    assert_eq!(
+        stored("network_latency_seconds_count", &["operation"]),
+        recorded.latency_count
+    );
+    let dropped = format!(
+        "telemetry_records_dropped_total{{job=\"it\",instance=\"{instance}\",publisher=\"grafana-cloud\"}}"
+    );
+    assert_eq!(server.query_one(&dropped).unwrap(), 0.0);
+}
+
 /// A real workload through `Telemetry`: the counts, sums and totals Prometheus stored are
 /// exactly those of the records, and every request carried the basic-auth credentials.
 #[test]
@@ -119,122 +229,19 @@ fn counts_and_sums_stored_by_prometheus_equal_the_workload() {
 
     let names = ["load", "transform", "save"];
     for i in 0..90 {
-        let event = telemetry
-            .events
-            .track(names[i % 3], &format!("task-{i}"))
-            .unwrap();
-        for _ in 0..(i % 4) {
-            event.retry().unwrap();
-        }
-        {
-            let operation = ["fetch", "store"][i % 2];
-            let mut call = telemetry
-                .network
-                .track(&format!("net-{i}"), "storage.local", 9000, Some(operation))
-                .unwrap();
-            call.sent(100 + i as u64);
-            call.received(1000 * i as u64);
-            if i % 9 == 0 {
-                call.fail("connection reset").unwrap();
-            } else {
-                call.complete().unwrap();
-            }
-        }
-        if i % 5 == 0 {
-            event.fail("boom").unwrap();
-        } else {
-            event.complete().unwrap();
-        }
+        work(&telemetry, names[i % 3], i);
     }
     telemetry.flush(Duration::from_secs(30)).unwrap();
 
-    // What the workload recorded, from the records themselves.
-    let mut count: BTreeMap<Vec<String>, f64> = BTreeMap::new();
-    let mut sum_nanos: BTreeMap<Vec<String>, u128> = BTreeMap::new();
-    let mut retries: BTreeMap<Vec<String>, f64> = BTreeMap::new();
-    for e in telemetry.events.all_metrics() {
-        let key = vec![e.event_name.clone(), e.status.to_string()];
-        *count.entry(key.clone()).or_default() += 1.0;
-        *sum_nanos.entry(key).or_default() += e.duration().as_nanos();
-        *retries.entry(vec![e.event_name.clone()]).or_default() += f64::from(e.retry_count);
-    }
-    let sums: BTreeMap<_, f64> = sum_nanos
-        .into_iter()
-        .map(|(k, n)| (k, n as f64 / 1e9))
-        .collect();
-    let mut bytes: BTreeMap<Vec<String>, f64> = BTreeMap::new();
-    let mut ops: BTreeMap<Vec<String>, f64> = BTreeMap::new();
-    let mut latency_count: BTreeMap<Vec<String>, f64> = BTreeMap::new();
-    for n in telemetry.network.all_metrics() {
-        *bytes
-            .entry(vec![n.operation.clone(), "sent".into()])
-            .or_default() += n.bytes_sent as f64;
-        *bytes
-            .entry(vec![n.operation.clone(), "received".into()])
-            .or_default() += n.bytes_received as f64;
-        let status = if n.is_failed() { "failed" } else { "completed" };
-        *ops.entry(vec![n.operation.clone(), status.into()])
-            .or_default() += 1.0;
-        *latency_count.entry(vec![n.operation.clone()]).or_default() += 1.0;
-    }
-    assert_eq!(count.values().sum::<f64>(), 90.0);
-
-    let sel = "{job=\"it\",instance=\"workload\"}";
-    let es = ["event_name", "status"];
-    assert_eq!(
-        vector(&server, &format!("event_duration_seconds_count{sel}"), &es),
-        count
-    );
-    assert_eq!(
-        vector(&server, &format!("event_duration_seconds_sum{sel}"), &es),
-        sums
-    );
-    let inf = "event_duration_seconds_bucket{job=\"it\",le=\"+Inf\"}";
-    assert_eq!(vector(&server, inf, &es), count);
-    assert_eq!(
-        vector(
-            &server,
-            &format!("event_retries_total{sel}"),
-            &["event_name"]
-        ),
-        retries
-    );
-    assert_eq!(
-        vector(
-            &server,
-            &format!("network_bytes_total{sel}"),
-            &["operation", "direction"]
-        ),
-        bytes
-    );
-    assert_eq!(
-        vector(
-            &server,
-            &format!("network_operations_total{sel}"),
-            &["operation", "status"]
-        ),
-        ops
-    );
-    assert_eq!(
-        vector(
-            &server,
-            &format!("network_latency_seconds_count{sel}"),
-            &["operation"]
-        ),
-        latency_count
-    );
+    let recorded = recorded(&telemetry);
+    assert_eq!(recorded.count.values().sum::<f64>(), 90.0);
+    assert_stored(&server, "workload", &recorded);
     // The dashboard's quantile query works on what was pushed.
     let p95 = server
         .query("histogram_quantile(0.95, sum by (le, event_name) (event_duration_seconds_bucket{job=\"it\"}))")
         .unwrap();
     assert_eq!(p95.len(), 3);
     assert!(p95.iter().all(|s| s.value.is_finite() && s.value >= 0.0));
-    assert_eq!(
-        server
-            .query_one("telemetry_records_dropped_total{job=\"it\",publisher=\"grafana-cloud\"}")
-            .unwrap(),
-        0.0
-    );
 
     // Basic auth went with every request; none was refused.
     let requests = proxy.requests();
@@ -250,16 +257,64 @@ fn counts_and_sums_stored_by_prometheus_equal_the_workload() {
     assert_eq!(proxy.requests().len() as u64, s.requests);
 }
 
-/// The receiver goes away for a couple of seconds while pushes keep coming; once it is back,
-/// every push that waited in the backlog is stored, in order, at its own time.
+/// Records `during` work through `telemetry` every 50 ms until at least `length` has passed
+/// since `since` and a request has failed with an error containing `failure` (polling the
+/// publisher's figures, at most a minute).
+fn keep_working_through_outage(
+    telemetry: &Telemetry,
+    stats: &StatsHandle,
+    i: &mut usize,
+    since: Instant,
+    length: Duration,
+    failure: &str,
+) {
+    let failed_before = stats.stats().failed_requests;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        work(telemetry, "during", *i);
+        *i += 1;
+        let s = stats.stats();
+        let seen = s.failed_requests > failed_before
+            && s.last_error.as_deref().is_some_and(|e| e.contains(failure));
+        if seen && since.elapsed() >= length {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed request saying {failure:?} within a minute: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// "A receiver stopped for a few seconds and restarted misses nothing that was still in the
+/// backlog", with the receiver's Prometheus process itself stopped (SIGTERM) and started
+/// again on the same port and storage directory.
+///
+/// A workload records through `Telemetry` before, during and after an outage of about three
+/// seconds while the publisher pushes every 100 ms. Prometheus answers 503 while it shuts
+/// down; then, for the first half of the outage, the auth proxy is up and answers 502
+/// (Prometheus is gone behind it); for the second half the
+/// proxy is down too, so pushes fail at the transport level (connection refused). The proxy
+/// comes back first (502 again, then whatever Prometheus answers while it replays its WAL),
+/// then Prometheus. This proves:
+/// - what Prometheus stored before the outage survives its restart, sample for sample;
+/// - every push taken during the outage waited in the backlog and is stored afterwards at its
+///   own time, with the value it had then (the stored count grows through the outage), and
+///   each push is stored exactly once, in time order (no out-of-order or duplicate refusal:
+///   pushes leave the backlog oldest first, with strictly increasing timestamps);
+/// - the latest counts, sums and totals Prometheus holds equal exactly what the workload
+///   recorded;
+/// - the publisher retried (both 502 answers and refused connections) and dropped and was
+///   refused nothing.
 #[test]
-fn a_receiver_outage_loses_nothing_that_was_in_the_backlog() {
-    let Some((server, mut proxy)) =
-        start("a_receiver_outage_loses_nothing_that_was_in_the_backlog")
+fn a_prometheus_restart_loses_nothing_that_was_in_the_backlog() {
+    let Some((mut server, mut proxy)) =
+        start("a_prometheus_restart_loses_nothing_that_was_in_the_backlog")
     else {
         return;
     };
-    let publisher = builder(&proxy, "test-key", "outage")
+    let publisher = builder(&proxy, "test-key", "restart")
         .push_interval(Duration::from_millis(100))
         .unwrap()
         .max_attempts(100_000)
@@ -269,77 +324,124 @@ fn a_receiver_outage_loses_nothing_that_was_in_the_backlog() {
         .build()
         .unwrap();
     let stats = publisher.stats_handle();
-    for i in 0..5 {
-        publisher
-            .publish_event_metrics(&event("before", Status::Completed, 10 + i))
-            .unwrap();
-    }
-    publisher.flush(soon()).unwrap();
+    let telemetry = Telemetry::new();
+    telemetry.add_publisher(Box::new(publisher)).unwrap();
+    let in_flight = "events_in_flight{instance=\"restart\"}";
+    let during_count =
+        "event_duration_seconds_count{instance=\"restart\",event_name=\"during\",status=\"completed\"}";
 
-    proxy.stop();
+    // About a second of work, stored push by push.
+    let mut i = 0;
+    for _ in 0..20 {
+        work(&telemetry, "before", i);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    telemetry.flush(Duration::from_secs(30)).unwrap();
+    // Every push stored so far (each push carries the in-flight gauge).
+    let stored_before = raw_samples(&server, in_flight);
+    assert!(stored_before.len() >= 2, "{stored_before:?}");
+
+    // The outage, first half: Prometheus is gone, the proxy answers 502.
+    let old_pid = server.pid().unwrap();
+    server.stop().unwrap_or_else(|e| panic!("{e}"));
     let stopped_at = now_ms();
-    for i in 0..7 {
-        publisher
-            .publish_event_metrics(&event("during", Status::Completed, 20 + i))
-            .unwrap();
-    }
-    // Wait (polling) until 15 pushes are waiting: about a second and a half of outage.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stats.stats().backlog_pushes < 15 {
-        assert!(Instant::now() < deadline, "{:?}", stats.stats());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let at_stop = stats.stats();
+    let outage = Instant::now();
+    keep_working_through_outage(
+        &telemetry,
+        &stats,
+        &mut i,
+        outage,
+        Duration::from_millis(1500),
+        "HTTP 502",
+    );
+    // Second half: the proxy is gone too, connections are refused.
+    proxy.stop();
+    keep_working_through_outage(
+        &telemetry,
+        &stats,
+        &mut i,
+        outage,
+        Duration::from_secs(3),
+        "no answer",
+    );
     let waiting = stats.stats();
+    // Nothing was stored while Prometheus was down (but perhaps the push whose answer was
+    // on its way when it exited).
+    assert!(waiting.sent <= at_stop.sent + 1, "{at_stop:?}\n{waiting:?}");
+    assert!(waiting.backlog_pushes >= 10, "{waiting:?}");
     assert!(
-        waiting.failed_requests >= 1 && waiting.sent == 1,
+        waiting.failed_requests > at_stop.failed_requests && waiting.retried > at_stop.retried,
         "{waiting:?}"
     );
-    let restarted_at = now_ms();
+    assert_eq!(waiting.dropped, 0, "{waiting:?}");
+
+    // Back: the proxy, then Prometheus on the same port and storage.
     proxy.restart();
-    for i in 0..3 {
-        publisher
-            .publish_event_metrics(&event("after", Status::Failed, 30 + i))
-            .unwrap();
+    server.restart().unwrap_or_else(|e| panic!("{e}"));
+    let back_at = now_ms();
+    assert_ne!(server.pid(), Some(old_pid), "a new Prometheus process");
+    for _ in 0..10 {
+        work(&telemetry, "after", i);
+        i += 1;
     }
-    publisher.flush(soon()).unwrap();
-    publisher.shutdown(soon()).unwrap();
+    telemetry.flush(Duration::from_secs(60)).unwrap();
+    telemetry.shutdown(Duration::from_secs(30)).unwrap();
 
     let s = stats.stats();
-    assert_eq!((s.dropped, s.refused, s.backlog_pushes), (0, 0, 0), "{s:?}");
-    assert_eq!(s.sent, s.pushes, "{s:?}");
-    // Every push is stored once, in time order: the in-flight gauge is in every push.
-    let every = raw_samples(&server, "events_in_flight{instance=\"outage\"}");
-    assert_eq!(every.len() as u64, s.sent, "{every:?}");
-    assert!(every.windows(2).all(|w| w[0].0 < w[1].0));
-    // The pushes made during the outage are there, at their own times, with their values.
-    let during = raw_samples(
-        &server,
-        "event_duration_seconds_count{instance=\"outage\",event_name=\"during\"}",
-    );
-    let in_outage = during
-        .iter()
-        .filter(|(t, _)| (stopped_at..=restarted_at).contains(t))
-        .count();
-    assert!(
-        in_outage as u64 >= waiting.backlog_pushes - 1,
-        "{in_outage} samples stored from the outage, {} pushes were waiting",
-        waiting.backlog_pushes
-    );
-    assert!(during.iter().all(|(_, v)| *v == 7.0), "{during:?}");
-    let totals = vector(
-        &server,
-        "event_duration_seconds_count{instance=\"outage\"}",
-        &["event_name", "status"],
-    );
-    let key = |n: &str, s: &str| vec![n.to_owned(), s.to_owned()];
     assert_eq!(
-        totals,
-        BTreeMap::from([
-            (key("after", "failed"), 3.0),
-            (key("before", "completed"), 5.0),
-            (key("during", "completed"), 7.0),
-        ])
+        (
+            s.dropped,
+            s.refused,
+            s.backlog_pushes,
+            s.last_refusal.as_deref()
+        ),
+        (0, 0, 0, None),
+        "{s:?}"
     );
+    assert_eq!(s.sent, s.pushes, "{s:?}");
+    assert!(s.retried >= waiting.retried && s.failed_requests >= waiting.failed_requests);
+
+    // What was stored before the outage is still there after the restart, sample for sample,
+    // and every push is stored once, in time order.
+    let every = raw_samples(&server, in_flight);
+    assert_eq!(
+        &every[..stored_before.len()],
+        stored_before.as_slice(),
+        "samples stored before the restart"
+    );
+    assert_eq!(every.len() as u64, s.sent, "{every:?}");
+    assert!(every.windows(2).all(|w| w[0].0 < w[1].0), "{every:?}");
+    // The pushes taken during the outage are stored at their own times...
+    let in_outage = |samples: &[(i64, f64)]| -> Vec<(i64, f64)> {
+        samples
+            .iter()
+            .filter(|(t, _)| (stopped_at..=back_at).contains(t))
+            .copied()
+            .collect()
+    };
+    let taken_in_outage = waiting.pushes - at_stop.pushes;
+    assert!(
+        in_outage(&every).len() as u64 >= taken_in_outage,
+        "{} samples stored from the outage, {taken_in_outage} pushes were taken in it",
+        in_outage(&every).len()
+    );
+    // ...with the values they had then: the count grew through the outage.
+    let during = in_outage(&raw_samples(&server, during_count));
+    assert!(
+        during.windows(2).all(|w| w[0].1 <= w[1].1)
+            && during.first().map(|f| f.1) < during.last().map(|l| l.1),
+        "{during:?}"
+    );
+
+    // The latest values are exactly what the workload recorded.
+    let recorded = recorded(&telemetry);
+    assert_eq!(recorded.count.values().sum::<f64>(), i as f64);
+    assert!(recorded
+        .count
+        .contains_key(&vec!["during".to_owned(), "completed".to_owned()]));
+    assert_stored(&server, "restart", &recorded);
 }
 
 /// A receiver that demands other credentials answers 401: the flush reports it at once,

@@ -6,7 +6,10 @@
 //! 127.0.0.1 on a free port, with a temporary storage directory, the given configuration and
 //! extra flags (such as `--web.enable-remote-write-receiver`); it polls `/-/ready` until the
 //! server answers, queries `/api/v1/query`, and kills the process and removes the directory on
-//! drop.
+//! drop. [`PrometheusServer::stop`] ends the process with SIGTERM (a clean shutdown, as a
+//! service manager does) and [`PrometheusServer::restart`] runs it again with the same flags,
+//! on the same port and the same storage directory, so what it stored before (its WAL) is
+//! there again.
 //!
 //! When `prometheus` or `promtool` is missing or does not start, [`require`] and
 //! [`PrometheusServer::start`] fail the test under CI (`CI=true`) and otherwise print a loud
@@ -194,12 +197,23 @@ impl Sample {
 
 /// A running Prometheus server, killed on drop.
 pub struct PrometheusServer {
-    child: Child,
+    /// `None` between [`stop`](Self::stop) and [`restart`](Self::restart).
+    child: Option<Child>,
     addr: SocketAddr,
+    /// Holds the configuration, the storage (`data/`) and the log; removed on drop only, so
+    /// it outlives a restart.
     dir: PathBuf,
+    binary: PathBuf,
+    /// Every command-line argument, for a restart with the same ones.
+    args: Vec<String>,
 }
 
 static STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a stopped Prometheus may take to shut down cleanly.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long Prometheus may take to become ready (a restart replays its WAL first).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl PrometheusServer {
     /// Starts Prometheus with this configuration file text and extra command-line flags,
@@ -231,26 +245,40 @@ impl PrometheusServer {
         std::fs::create_dir_all(dir.join("data")).map_err(|e| format!("temp dir: {e}"))?;
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config).map_err(|e| format!("config: {e}"))?;
-        let log = std::fs::File::create(dir.join("prometheus.log"))
-            .map_err(|e| format!("log file: {e}"))?;
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn")
-            .args(extra_flags)
+        let mut args = vec![
+            format!("--config.file={}", config_path.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address={addr}"),
+            "--log.level=warn".to_owned(),
+        ];
+        args.extend(extra_flags.iter().map(|f| (*f).to_owned()));
+        let mut server = PrometheusServer {
+            child: None,
+            addr,
+            dir,
+            binary: binary.to_owned(),
+            args,
+        };
+        server.child = Some(server.spawn()?);
+        server.wait_ready(READY_TIMEOUT)?;
+        Ok(server)
+    }
+
+    /// Runs the binary with the server's arguments, its standard error appended to the log.
+    fn spawn(&self) -> Result<Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("prometheus.log"))
+            .map_err(|e| format!("log file: {e}"))?;
+        Command::new(&self.binary)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-        let mut server = PrometheusServer { child, addr, dir };
-        server.wait_ready(Duration::from_secs(30))?;
-        Ok(server)
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))
     }
 
     fn log_tail(&self) -> String {
@@ -262,7 +290,8 @@ impl PrometheusServer {
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            let child = self.child.as_mut().ok_or("prometheus is stopped")?;
+            if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
                     "prometheus exited ({status}):\n{}",
                     self.log_tail()
@@ -281,6 +310,98 @@ impl PrometheusServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id of the running server; `None` while it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server as a service manager does: SIGTERM, then waits (polling, at most
+    /// 30 s) for the process to exit. Prometheus shuts down cleanly on SIGTERM and leaves
+    /// what it stored in its storage directory (the WAL), which is kept for
+    /// [`restart`](Self::restart); connections to its port are refused until then.
+    ///
+    /// An error if it is already stopped, or did not exit cleanly in time (it is then killed,
+    /// and the error shows the end of its log).
+    pub fn stop(&mut self) -> Result<(), String> {
+        let child = self.child.as_mut().ok_or("prometheus is already stopped")?;
+        let pid = child.id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .map_err(|e| format!("cannot run kill -TERM {pid}: {e}"))?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(format!(
+                        "prometheus (pid {pid}) had not exited {STOP_TIMEOUT:?} after SIGTERM \
+                         (kill said {sent}); killed it"
+                    ));
+                }
+                Err(e) => break Err(format!("waiting for prometheus (pid {pid}): {e}")),
+            }
+        };
+        self.child = None;
+        match status {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(format!(
+                "prometheus (pid {pid}) did not shut down cleanly on SIGTERM ({status}):\n{}",
+                self.log_tail()
+            )),
+            Err(e) => Err(format!("{e}:\n{}", self.log_tail())),
+        }
+    }
+
+    /// Starts a [stopped](Self::stop) server again with the same arguments: the same port,
+    /// configuration and storage directory, so it replays its WAL and serves what it stored
+    /// before. Waits (polling `/-/ready`, at most 30 s) until it is ready.
+    ///
+    /// An error if it is running, if its port was taken by another process while it was
+    /// stopped (the message says so), or if it does not become ready.
+    pub fn restart(&mut self) -> Result<(), String> {
+        if let Some(pid) = self.pid() {
+            return Err(format!("prometheus is running (pid {pid}); stop it first"));
+        }
+        let addr = self.addr;
+        let taken = |e: &dyn std::fmt::Display| {
+            format!(
+                "cannot restart prometheus on {addr}: the port was taken by another process \
+                 while it was stopped ({e})"
+            )
+        };
+        // The port is free if we can bind it (std sets SO_REUSEADDR, as Go does for
+        // Prometheus, so connections in TIME_WAIT do not count). Someone closing it can take a
+        // moment: poll briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match TcpListener::bind(addr) {
+                Ok(_probe) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    if Instant::now() > deadline {
+                        return Err(taken(&e));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(format!("cannot restart prometheus on {addr}: {e}")),
+            }
+        }
+        self.child = Some(self.spawn()?);
+        self.wait_ready(READY_TIMEOUT).map_err(|e| {
+            // Taken between the probe and Prometheus' own bind.
+            if e.contains("address already in use") {
+                taken(&e)
+            } else {
+                format!("prometheus did not come back on {addr}: {e}")
+            }
+        })
     }
 
     /// The server's address.
@@ -375,8 +496,10 @@ impl PrometheusServer {
 
 impl Drop for PrometheusServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
