@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, StoreKind};
-use crate::publish::worker::Payload;
+use crate::publish::worker::Batch;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
-use crate::store::{Record, Store};
+use crate::store::{Names, Record, Store};
 
 /// The error recorded when an [`EventGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the event's thread panicked before the event ended";
@@ -371,8 +371,8 @@ impl Record for EventRecord {
         self.start_mono + self.duration_ns
     }
 
-    fn payload(&self) -> Payload {
-        Payload::EventRecord(self.clone())
+    fn batch(names: Names, records: Vec<Self>) -> Batch {
+        Batch::Events(names, records)
     }
 
     fn account(totals: &mut EventTotals, finished: &Self) {

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, StoreKind};
-use crate::publish::worker::Payload;
+use crate::publish::worker::Batch;
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, NetworkMetrics, NetworkRecord, DEFAULT_OPERATION};
 use crate::report::NetworkCounts;
-use crate::store::{Record, Store};
+use crate::store::{Names, Record, Store};
 
 /// The error recorded when a [`NetworkGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the operation's thread panicked before the operation ended";
@@ -319,8 +319,8 @@ impl Record for NetworkRecord {
         self.start_mono + self.duration_ns
     }
 
-    fn payload(&self) -> Payload {
-        Payload::NetworkRecord(self.clone())
+    fn batch(names: Names, records: Vec<Self>) -> Batch {
+        Batch::Network(names, records)
     }
 
     fn account(totals: &mut NetworkCounts, finished: &Self) {

@@ -34,7 +34,7 @@ use hashbrown::HashTable;
 
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
-use crate::publish::worker::Payload;
+use crate::publish::worker::Batch;
 
 mod claims;
 use claims::{Claims, Homes};
@@ -53,8 +53,8 @@ pub(crate) trait Record: Clone + Send + 'static {
     fn start_mono(&self) -> u64;
     /// Monotonic end, once ended: when the record reached its publishers' batch.
     fn end_mono(&self) -> u64;
-    /// The record as handed to publishers, in a batch that carries its shard's names.
-    fn payload(&self) -> Payload;
+    /// Records of this kind as handed to publishers, with the names of their shard.
+    fn batch(names: Names, records: Vec<Self>) -> Batch;
     fn account(totals: &mut Self::Totals, finished: &Self);
     fn merge(into: &mut Self::Totals, from: &Self::Totals);
 }
@@ -197,7 +197,7 @@ struct Shard<R: Record> {
     /// Evictions left before `evict_from` is chosen again.
     evictions_to_review: u32,
     totals: R::Totals,
-    publishers: PublisherCache,
+    publishers: PublisherCache<R>,
     names: Interner,
     clock: WallClock,
 }
@@ -784,7 +784,7 @@ impl<R: Record> Store<R> {
             shard
                 .publishers
                 .offer(&self.dispatcher, &shard.names, record.end_mono(), || {
-                    record.payload()
+                    record.clone()
                 });
             let place = Place {
                 index,

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::worker::{Batch, Payload, Worker};
+use super::worker::Worker;
 use super::{MetricsPublisher, PublishError, PublisherStats};
 use crate::error::TelemetryError;
-use crate::store::Interner;
+use crate::store::{Interner, Record};
 
 /// Records a shard gathers before handing them to the publishers.
 const BATCH_RECORDS: usize = 64;
@@ -293,15 +293,15 @@ impl PipelineHealth {
 /// A shard's copy of the publisher set, refreshed when the dispatcher's epoch moves, and the
 /// batch of finished records it is gathering for them.
 #[derive(Debug)]
-pub(crate) struct PublisherCache {
+pub(crate) struct PublisherCache<R> {
     epoch: u64,
     workers: WorkerSet,
-    pending: Vec<Payload>,
+    pending: Vec<R>,
     /// Monotonic end of the batch's first record.
     pending_since: u64,
 }
 
-impl Default for PublisherCache {
+impl<R> Default for PublisherCache<R> {
     fn default() -> Self {
         PublisherCache {
             epoch: 0,
@@ -312,7 +312,7 @@ impl Default for PublisherCache {
     }
 }
 
-impl PublisherCache {
+impl<R: Record> PublisherCache<R> {
     /// Adds a record (built by `make` only if there is a publisher) to the batch, and hands
     /// the batch over once it is full or a millisecond old. `names` resolves its names; `now`
     /// is the record's monotonic end.
@@ -322,7 +322,7 @@ impl PublisherCache {
         dispatcher: &Dispatcher,
         names: &Interner,
         now: u64,
-        make: impl FnOnce() -> Payload,
+        make: impl FnOnce() -> R,
     ) {
         let epoch = dispatcher.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
@@ -352,10 +352,7 @@ impl PublisherCache {
         if self.pending.is_empty() {
             return;
         }
-        let batch = Batch {
-            names: Arc::clone(names.names()),
-            records: std::mem::take(&mut self.pending),
-        };
+        let batch = R::batch(Arc::clone(names.names()), std::mem::take(&mut self.pending));
         if let Some((last, others)) = self.workers.split_last() {
             for worker in others {
                 worker.offer_batch(batch.clone());

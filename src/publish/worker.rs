@@ -21,21 +21,31 @@ use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
 use crate::store::{Interner, Names};
 
-/// A record on its way to a publisher: the store's compact form (converted on the worker
-/// thread, off the caller's path) or a public record already built.
+/// A public record on its way to a publisher on its own (from a [`CompositePublisher`]).
+///
+/// [`CompositePublisher`]: super::CompositePublisher
 #[derive(Debug, Clone)]
 pub(crate) enum Payload {
-    EventRecord(EventRecord),
     Event(Arc<EventMetrics>),
-    NetworkRecord(NetworkRecord),
     Network(Arc<NetworkMetrics>),
 }
 
-/// Records of one shard, with the shard's names that resolve theirs.
+/// Finished records of one shard in the store's compact form (lent to the publisher on the
+/// delivery thread, off the caller's path), with the shard's names that resolve theirs. One
+/// kind per batch, so each record takes only its own size.
 #[derive(Debug, Clone)]
-pub(crate) struct Batch {
-    pub(crate) names: Names,
-    pub(crate) records: Vec<Payload>,
+pub(crate) enum Batch {
+    Events(Names, Vec<EventRecord>),
+    Network(Names, Vec<NetworkRecord>),
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        match self {
+            Batch::Events(_, records) => records.len(),
+            Batch::Network(_, records) => records.len(),
+        }
+    }
 }
 
 type Ack = Sender<Result<(), PublishError>>;
@@ -119,7 +129,7 @@ impl Worker {
 
     /// Enqueues a batch without waiting; a full or closed queue drops it and counts its records.
     pub(crate) fn offer_batch(&self, batch: Batch) {
-        self.enqueue(batch.records.len(), || Message::Batch(batch));
+        self.enqueue(batch.len(), || Message::Batch(batch));
     }
 
     #[inline]
@@ -284,18 +294,30 @@ fn run(
     while let Some(message) = next(&rx, collect, &mut last_collect) {
         match message {
             Message::Record(payload) => {
-                delivered(
-                    &name,
-                    contained(&name, || deliver(&*publisher, payload, None)),
-                );
+                let outcome = contained(&name, || match &payload {
+                    Payload::Event(metrics) => publisher.publish_event_metrics(metrics),
+                    Payload::Network(metrics) => publisher.publish_network_metrics(metrics),
+                });
+                delivered(&name, outcome);
                 counters.queued.fetch_sub(1, Ordering::Relaxed);
             }
             Message::Batch(batch) => {
-                let names = Interner::resolving(batch.names);
-                let count = batch.records.len();
-                for payload in batch.records {
-                    let outcome = contained(&name, || deliver(&*publisher, payload, Some(&names)));
-                    delivered(&name, outcome);
+                let count = batch.len();
+                match batch {
+                    Batch::Events(names, records) => {
+                        let names = Interner::resolving(names);
+                        for record in &records {
+                            let event = record.borrowed(&names);
+                            delivered(&name, contained(&name, || publisher.publish_event(event)));
+                        }
+                    }
+                    Batch::Network(names, records) => {
+                        let names = Interner::resolving(names);
+                        for record in &records {
+                            let op = record.borrowed(&names);
+                            delivered(&name, contained(&name, || publisher.publish_network(op)));
+                        }
+                    }
                 }
                 counters.queued.fetch_sub(count, Ordering::Relaxed);
             }
@@ -318,22 +340,6 @@ fn run(
     let _ = contained(&name, || {
         publisher.shutdown(Instant::now() + Duration::from_secs(1))
     });
-}
-
-/// Hands one record to the publisher; `names` resolves a store record's names.
-fn deliver(
-    publisher: &dyn MetricsPublisher,
-    payload: Payload,
-    names: Option<&Interner>,
-) -> Result<(), PublishError> {
-    let none = Interner::default();
-    let names = names.unwrap_or(&none);
-    match payload {
-        Payload::EventRecord(record) => publisher.publish_event(record.borrowed(names)),
-        Payload::Event(metrics) => publisher.publish_event_metrics(&metrics),
-        Payload::NetworkRecord(record) => publisher.publish_network(record.borrowed(names)),
-        Payload::Network(metrics) => publisher.publish_network_metrics(&metrics),
-    }
 }
 
 /// Runs a call into a publisher, turning a panic into [`PublishError::Panicked`].
