@@ -1205,6 +1205,48 @@ mod tests {
     }
 
     #[test]
+    fn more_ids_in_flight_than_claim_slots_are_found_and_released_across_threads() {
+        // 2 x 10,000 in flight: past the 7,168 bucket slots, so claims spill and come back.
+        let s = store(1000, 16);
+        let ids = |t: usize| (0..10_000).map(move |i| format!("t{t}-{i}"));
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let s = &s;
+                scope.spawn(move || {
+                    for id in ids(t) {
+                        s.start(&id, |st| record(st, 0)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.in_flight_len(), 20_000);
+        // Each thread ends the other's records, and finds every one through the claims.
+        std::thread::scope(|scope| {
+            for t in 0..2 {
+                let s = &s;
+                scope.spawn(move || {
+                    for id in ids(1 - t) {
+                        assert!(matches!(
+                            s.start(&id, |st| record(st, 1)),
+                            Err(TelemetryError::AlreadyInFlight { .. })
+                        ));
+                        s.finish(&id, |_| ()).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.in_flight_len(), 0);
+        let claims = s.claims.as_ref().unwrap();
+        for id in ids(0).chain(ids(1)) {
+            assert_eq!(
+                claims.homes(s.hasher.hash_one(&id)),
+                0,
+                "{id} still claimed"
+            );
+        }
+    }
+
+    #[test]
     fn the_newest_run_of_an_id_wins_across_threads() {
         let s = store(1000, 16);
         finish(&s, "again", 1);
