@@ -842,7 +842,7 @@ impl<R: Record> Store<R> {
             let record = shard.at(seq);
             if newest
                 .as_ref()
-                .map_or(true, |(start, _)| record.start_mono() > *start)
+                .is_none_or(|(start, _)| record.start_mono() > *start)
             {
                 newest = Some((record.start_mono(), read(record, &shard.names)));
             }

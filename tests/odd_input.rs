@@ -76,7 +76,7 @@ fn odd_error() -> impl Strategy<Value = Option<String>> {
     )
         .prop_map(|(unit, below, above)| {
             let mut s = long_string(unit.to_owned(), MAX_ERROR_BYTES - below);
-            s.extend(std::iter::repeat('a').take(above));
+            s.extend(std::iter::repeat_n('a', above));
             s
         });
     prop_oneof![

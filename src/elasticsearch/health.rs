@@ -38,7 +38,7 @@ impl HostHealth {
         let n = self.hosts.len();
         for step in 0..n {
             let i = (self.next + step) % n;
-            if self.hosts[i].open_until.map_or(true, |until| until <= now) {
+            if self.hosts[i].open_until.is_none_or(|until| until <= now) {
                 self.next = (i + 1) % n;
                 return i;
             }

@@ -70,8 +70,8 @@ struct State {
 impl State {
     /// Whether every document pushed before `target` has an outcome.
     fn resolved(&self, target: u64) -> bool {
-        self.in_flight.map_or(true, |seq| seq >= target)
-            && self.buffer.front().map_or(true, |d| d.seq >= target)
+        self.in_flight.is_none_or(|seq| seq >= target)
+            && self.buffer.front().is_none_or(|d| d.seq >= target)
     }
 
     fn pending(&self) -> usize {
@@ -170,7 +170,7 @@ impl Shared {
         let warn = dropped > 0
             && st
                 .last_drop_warning
-                .map_or(true, |t| t.elapsed() >= Duration::from_secs(10));
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if warn {
             st.last_drop_warning = Some(Instant::now());
         }

@@ -335,7 +335,7 @@ impl Encoder {
                 );
                 for extra in [("instance", instance.as_str()), ("job", job.as_str())] {
                     let at = base.partition_point(|(n, _)| *n < extra.0);
-                    debug_assert!(base.get(at).map_or(true, |(n, _)| *n != extra.0));
+                    debug_assert!(base.get(at).is_none_or(|(n, _)| *n != extra.0));
                     base.insert(at, extra);
                 }
                 labels.set(&base);

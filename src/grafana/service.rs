@@ -360,7 +360,7 @@ impl Service {
         let now = Instant::now();
         let metadata = self
             .last_metadata
-            .map_or(true, |t| now.duration_since(t) >= METADATA_INTERVAL);
+            .is_none_or(|t| now.duration_since(t) >= METADATA_INTERVAL);
         match self.encoder.encode(&families, timestamp, metadata) {
             Ok(encoded) => {
                 if metadata {
@@ -528,7 +528,7 @@ impl Service {
                 let wait = self.backoff.wait(attempts - 1, self.rng.f64(), at_least);
                 let not_before = Instant::now().checked_add(wait);
                 let limit = created.checked_add(max_age);
-                let Some(not_before) = not_before.filter(|t| limit.map_or(true, |l| *t < l)) else {
+                let Some(not_before) = not_before.filter(|t| limit.is_none_or(|l| *t < l)) else {
                     self.drop_front(DropReason::NextRetryTooLate);
                     return;
                 };

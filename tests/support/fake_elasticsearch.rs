@@ -774,7 +774,7 @@ fn field_type(st: &State, index: &str, field: &str) -> Option<String> {
         };
         if patterns.iter().any(|p| glob(p, index)) {
             let priority = t["priority"].as_u64().unwrap_or(0);
-            if best.map_or(true, |(b, _)| priority > b) {
+            if best.is_none_or(|(b, _)| priority > b) {
                 best = Some((priority, t));
             }
         }
@@ -899,7 +899,7 @@ impl Keep {
     fn field(&self, name: &str) -> bool {
         self.item_fields
             .as_ref()
-            .map_or(true, |fields| fields.iter().any(|f| f == name))
+            .is_none_or(|fields| fields.iter().any(|f| f == name))
     }
 }
 
