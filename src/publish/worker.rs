@@ -183,8 +183,10 @@ impl Worker {
             return Ok(());
         }
         let result = self.request(deadline, Message::Shutdown);
-        // The thread acknowledged and is returning; joining cannot outlast the deadline.
-        if result.is_ok() {
+        // The thread acknowledged and is returning; joining cannot outlast the deadline. On the
+        // worker's own thread (its pipeline dropped while it collected records) it returns by
+        // itself once this call does.
+        if result.is_ok() && std::thread::current().id() != self.thread_id {
             if let Some(handle) = self.thread.lock().ok().and_then(|mut h| h.take()) {
                 let _ = handle.join();
             }
@@ -438,6 +440,38 @@ mod tests {
         fn publish_event_metrics(&self, _: &EventMetrics) -> Result<(), PublishError> {
             panic!("boom")
         }
+    }
+
+    #[test]
+    fn a_worker_shut_down_from_its_own_thread_ends_without_joining_itself() {
+        // What happens when a pipeline is dropped while its delivery thread holds the last
+        // reference, collecting records: the thread itself shuts the workers down.
+        let own: Arc<Mutex<Option<Arc<Worker>>>> = Arc::default();
+        let (done, finished) = mpsc::channel();
+        let in_collect = Arc::clone(&own);
+        let collect = move || {
+            let me = in_collect.lock().unwrap().take();
+            if let Some(me) = me {
+                let result = me.shutdown(Instant::now() + Duration::from_secs(1));
+                let _ = done.send(result.is_ok());
+            }
+        };
+        let worker = Arc::new(
+            Worker::spawn(
+                Box::new(Panicky),
+                4,
+                Duration::from_secs(1),
+                Box::new(collect),
+            )
+            .unwrap(),
+        );
+        *own.lock().unwrap() = Some(Arc::clone(&worker));
+        let shut_down = finished.recv_timeout(Duration::from_secs(10));
+        assert_eq!(shut_down, Ok(true));
+        assert!(matches!(
+            worker.flush(Instant::now() + Duration::from_secs(1)),
+            Err(PublishError::Closed { .. })
+        ));
     }
 
     #[test]
