@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, StoreKind};
-use crate::publish::worker::Batch;
+use crate::publish::worker::{Batch, Spares};
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
@@ -371,8 +371,8 @@ impl Record for EventRecord {
         self.start_mono + self.duration_ns
     }
 
-    fn batch(names: Names, records: Vec<Self>) -> Batch {
-        Batch::Events(names, records)
+    fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch {
+        Batch::Events(names, records, spares.clone())
     }
 
     fn account(totals: &mut EventTotals, finished: &Self) {

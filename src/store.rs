@@ -34,7 +34,7 @@ use hashbrown::HashTable;
 
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
-use crate::publish::worker::Batch;
+use crate::publish::worker::{Batch, Spares};
 
 mod claims;
 use claims::{Claims, Homes};
@@ -53,8 +53,9 @@ pub(crate) trait Record: Clone + Send + 'static {
     fn start_mono(&self) -> u64;
     /// Monotonic end, once ended: when the record reached its publishers' batch.
     fn end_mono(&self) -> u64;
-    /// Records of this kind as handed to publishers, with the names of their shard.
-    fn batch(names: Names, records: Vec<Self>) -> Batch;
+    /// Records of this kind as handed to publishers, with the names of their shard and the
+    /// spare buffers to give the emptied buffer back to.
+    fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch;
     fn account(totals: &mut Self::Totals, finished: &Self);
     fn merge(into: &mut Self::Totals, from: &Self::Totals);
 }
@@ -231,7 +232,7 @@ struct Steal {
 }
 
 impl<R: Record> Shard<R> {
-    fn new(share: usize) -> Self {
+    fn new(share: usize, spares: Spares<R>) -> Self {
         Shard {
             in_flight: HashTable::new(),
             finished: VecDeque::new(),
@@ -241,7 +242,7 @@ impl<R: Record> Shard<R> {
             evict_from: usize::MAX,
             evictions_to_review: 0,
             totals: R::Totals::default(),
-            publishers: PublisherCache::default(),
+            publishers: PublisherCache::new(spares),
             names: Interner::default(),
             clock: WallClock::default(),
         }
@@ -439,6 +440,8 @@ pub(crate) struct Store<R: Record> {
     /// Each shard's oldest finished record (its monotonic start), [`EMPTY`] for none: read by
     /// other shards choosing where to evict from.
     fronts: Box<[CachePadded<AtomicU64>]>,
+    /// Emptied batch buffers the delivery threads give back, for the shards' next batches.
+    spares: Spares<R>,
     /// Which shard holds each in-flight id; none with one shard. Kept only once a second
     /// thread starts records (see [`Mode`]).
     claims: Option<Claims>,
@@ -518,14 +521,16 @@ impl<R: Record> Store<R> {
     /// `shards` is rounded down to a power of two, at least 1 and at most [`MAX_SHARDS`].
     pub(crate) fn new(retention: usize, shards: usize, dispatcher: Arc<Dispatcher>) -> Self {
         let shards = 1usize << shards.clamp(1, MAX_SHARDS).ilog2();
+        let spares = Spares::default();
         let share = retention.div_ceil(shards);
         Store {
             shards: (0..shards)
-                .map(|_| CachePadded::new(Mutex::new(Shard::new(share))))
+                .map(|_| CachePadded::new(Mutex::new(Shard::new(share, spares.clone()))))
                 .collect(),
             fronts: (0..shards)
                 .map(|_| CachePadded::new(AtomicU64::new(EMPTY)))
                 .collect(),
+            spares,
             claims: (shards > 1).then(|| Claims::new(CLAIM_BUCKETS)),
             mode: AtomicU8::new(Mode::OneRecorder as u8),
             first_home: AtomicUsize::new(NO_HOME),
@@ -905,7 +910,7 @@ impl<R: Record> Store<R> {
         for (index, shard) in self.shards.iter().enumerate() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let share = shard.share;
-            *shard = Shard::new(share);
+            *shard = Shard::new(share, self.spares.clone());
             self.mark_front(index, &shard);
         }
         self.budget.used.store(0, Ordering::Relaxed);

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::worker::Worker;
+use super::worker::{Spares, Worker};
 use super::{MetricsPublisher, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::store::{Interner, Record};
@@ -299,20 +299,22 @@ pub(crate) struct PublisherCache<R> {
     pending: Vec<R>,
     /// Monotonic end of the batch's first record.
     pending_since: u64,
+    /// Buffers for the next batches, shared by the store's shards.
+    spares: Spares<R>,
 }
 
-impl<R> Default for PublisherCache<R> {
-    fn default() -> Self {
+impl<R: Record> PublisherCache<R> {
+    /// A cache that takes its batch buffers from `spares`.
+    pub(crate) fn new(spares: Spares<R>) -> Self {
         PublisherCache {
             epoch: 0,
             workers: Arc::from(Vec::new()),
             pending: Vec::new(),
             pending_since: 0,
+            spares,
         }
     }
-}
 
-impl<R: Record> PublisherCache<R> {
     /// Adds a record (built by `make` only if there is a publisher) to the batch, and hands
     /// the batch over once it is full or a millisecond old. `names` resolves its names; `now`
     /// is the record's monotonic end.
@@ -334,9 +336,11 @@ impl<R: Record> PublisherCache<R> {
         if self.workers.is_empty() {
             return;
         }
+        if self.pending.capacity() == 0 {
+            self.pending = self.spares.take(BATCH_RECORDS);
+        }
         if self.pending.is_empty() {
             self.pending_since = now;
-            self.pending.reserve_exact(BATCH_RECORDS);
         }
         self.pending.push(make());
         // A batch never outgrows the queue it goes to.
@@ -352,7 +356,8 @@ impl<R: Record> PublisherCache<R> {
         if self.pending.is_empty() {
             return;
         }
-        let batch = R::batch(Arc::clone(names.names()), std::mem::take(&mut self.pending));
+        let records = std::mem::take(&mut self.pending);
+        let batch = R::batch(Arc::clone(names.names()), records, &self.spares);
         if let Some((last, others)) = self.workers.split_last() {
             for worker in others {
                 worker.offer_batch(batch.clone());
