@@ -86,25 +86,23 @@ impl Dispatcher {
         }
     }
 
+    /// The registered store of this kind, if it is still alive.
+    fn store(&self, kind: StoreKind) -> Option<Arc<dyn InFlight>> {
+        let source = self.source(kind).lock().unwrap_or_else(|p| p.into_inner());
+        source.as_ref().and_then(Weak::upgrade)
+    }
+
     /// Hands the records the stores' shards have gathered to the publishers.
     pub(crate) fn hand_over(&self, wait: bool) {
         for kind in [StoreKind::Events, StoreKind::Network] {
-            let store = self
-                .source(kind)
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            if let Some(store) = store.and_then(|s| s.upgrade()) {
+            if let Some(store) = self.store(kind) {
                 store.hand_over(wait);
             }
         }
     }
 
     fn in_flight(&self, kind: StoreKind) -> u64 {
-        let source = self.source(kind).lock().unwrap_or_else(|p| p.into_inner());
-        source
-            .as_ref()
-            .and_then(Weak::upgrade)
+        self.store(kind)
             .map_or(0, |store| store.in_flight_len() as u64)
     }
 

@@ -246,12 +246,17 @@ impl Worker {
         // The thread acknowledged and is returning; joining cannot outlast the deadline. On the
         // worker's own thread (its pipeline dropped while it collected records) it returns by
         // itself once this call does.
-        if result.is_ok() && std::thread::current().id() != self.thread_id {
+        if result.is_ok() && !self.on_own_thread() {
             if let Some(handle) = self.thread.lock().ok().and_then(|mut h| h.take()) {
                 let _ = handle.join();
             }
         }
         result
+    }
+
+    /// Whether the caller is the worker's delivery thread itself.
+    fn on_own_thread(&self) -> bool {
+        std::thread::current().id() == self.thread_id
     }
 
     fn request(
@@ -269,7 +274,7 @@ impl Worker {
                 publisher: self.name.clone(),
             });
         }
-        if std::thread::current().id() == self.thread_id {
+        if self.on_own_thread() {
             // Asked from the worker's own thread (its pipeline was dropped while it collected
             // records): it handles the request when this call returns; waiting would deadlock.
             return Ok(());
@@ -342,7 +347,7 @@ fn run(
     collect: &dyn Fn(),
 ) {
     let name = publisher.name().to_owned();
-    let delivered = |name: &str, outcome: Result<(), PublishError>| {
+    let delivered = |outcome: Result<(), PublishError>| {
         match outcome {
             Ok(()) => counters.delivered.fetch_add(1, Ordering::Relaxed),
             Err(PublishError::Panicked { .. }) => counters.panics.fetch_add(1, Ordering::Relaxed),
@@ -360,7 +365,7 @@ fn run(
                     Payload::Event(metrics) => publisher.publish_event_metrics(metrics),
                     Payload::Network(metrics) => publisher.publish_network_metrics(metrics),
                 });
-                delivered(&name, outcome);
+                delivered(outcome);
                 counters.queued.fetch_sub(1, Ordering::Relaxed);
             }
             Message::Batch(batch) => {
@@ -370,7 +375,7 @@ fn run(
                         let names = Interner::resolving(names);
                         for record in &records {
                             let event = record.borrowed(&names);
-                            delivered(&name, contained(&name, || publisher.publish_event(event)));
+                            delivered(contained(&name, || publisher.publish_event(event)));
                         }
                         spares.give(records);
                     }
@@ -378,7 +383,7 @@ fn run(
                         let names = Interner::resolving(names);
                         for record in &records {
                             let op = record.borrowed(&names);
-                            delivered(&name, contained(&name, || publisher.publish_network(op)));
+                            delivered(contained(&name, || publisher.publish_network(op)));
                         }
                         spares.give(records);
                     }
