@@ -23,6 +23,7 @@
 //! is much older (a thread stopped recording, say): then it evicts from that shard for a while,
 //! so the store stays close to oldest-first however threads come and go.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -37,7 +38,9 @@ use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
 use crate::publish::worker::{Batch, Spares};
 
 mod claims;
+mod interner;
 use claims::{Claims, Homes};
+pub(crate) use interner::{Interner, Name, Names};
 
 /// A task id: short ids (up to 24 bytes) are stored inline, without an allocation.
 pub(crate) type TaskId = compact_str::CompactString;
@@ -85,79 +88,6 @@ const EMPTY: u64 = u64::MAX;
 /// How long a shard derives wall-clock times from the monotonic clock before reading the wall
 /// clock again: wall-clock adjustments show within this time.
 const WALL_ANCHOR_AGE_NS: u64 = 1_000_000_000;
-
-/// Names seen often (event names, hosts, operations), kept once per shard so a record holds
-/// a 4-byte index instead of its own copy: no allocation, and, unlike a shared `Arc`, no
-/// reference count that two cores would pass back and forth. Bounded: past
-/// [`Interner::CAPACITY`] distinct names, further ones are allocated per record.
-///
-/// The names are one shared table, replaced (not changed) when a name is added, so a batch of
-/// records on its way to the publishers carries the table with one reference count.
-#[derive(Debug, Default)]
-pub(crate) struct Interner {
-    index: HashTable<u32>,
-    names: Names,
-}
-
-/// A shard's interned names, by index.
-pub(crate) type Names = Arc<[Arc<str>]>;
-
-/// A name as a record holds it.
-#[derive(Debug, Clone)]
-pub(crate) enum Name {
-    /// Position in the shard's [`Interner`].
-    Shared(u32),
-    /// Its own copy: the interner was full, or the record left its shard (for a publisher).
-    Own(Arc<str>),
-}
-
-impl Name {
-    pub(crate) fn as_str<'a>(&'a self, names: &'a Interner) -> &'a str {
-        match self {
-            Name::Shared(id) => names.names.get(*id as usize).map_or("", |n| n),
-            Name::Own(name) => name,
-        }
-    }
-}
-
-impl Interner {
-    const CAPACITY: usize = 1024;
-
-    /// An interner that only resolves the names of `names` (on a publisher's thread).
-    pub(crate) fn resolving(names: Names) -> Self {
-        Interner {
-            index: HashTable::new(),
-            names,
-        }
-    }
-
-    /// The names so far, for records leaving the shard.
-    pub(crate) fn names(&self) -> &Names {
-        &self.names
-    }
-
-    pub(crate) fn get(&mut self, name: &str) -> Name {
-        let state = foldhash::fast::FixedState::default();
-        let hash = state.hash_one(name);
-        let names = &self.names;
-        if let Some(&id) = self.index.find(hash, |&id| *names[id as usize] == *name) {
-            return Name::Shared(id);
-        }
-        if self.names.len() >= Self::CAPACITY {
-            return Name::Own(Arc::from(name));
-        }
-        let id = self.names.len() as u32;
-        // Rare (once per distinct name), so copying the table of references is fine.
-        let mut grown = Vec::with_capacity(self.names.len() + 1);
-        grown.extend(self.names.iter().cloned());
-        grown.push(Arc::from(name));
-        self.names = grown.into();
-        let names = &self.names;
-        self.index
-            .insert_unique(hash, id, |&i| state.hash_one(&*names[i as usize]));
-        Name::Shared(id)
-    }
-}
 
 /// Wall-clock times derived from the monotonic clock and an anchor refreshed once a second:
 /// one clock read per timestamp instead of two.
@@ -453,6 +383,9 @@ pub(crate) struct Store<R: Record> {
     hasher: foldhash::fast::RandomState,
     shard_mask: usize,
     budget: Budget,
+    /// The store's own clock: reading it skips the thread-local override check of
+    /// `quanta::Instant::now`.
+    clock: quanta::Clock,
     base: quanta::Instant,
     dispatcher: Arc<Dispatcher>,
 }
@@ -497,12 +430,31 @@ const NO_HOME: usize = usize::MAX;
 /// This thread's turn number: its home shard in every store is this number masked. A thread
 /// takes the smallest number no running thread holds, so threads that replace finished ones
 /// take over their shards (and records) instead of spreading over new ones.
+#[inline]
 fn thread_turn() -> usize {
+    let turn = CACHED_TURN.get();
+    if turn != NO_TURN {
+        return turn;
+    }
+    take_turn()
+}
+
+const NO_TURN: usize = usize::MAX;
+
+thread_local! {
+    /// This thread's turn once taken: a plain read, where the turn itself (which has a
+    /// destructor) would be checked for initialization on every read.
+    static CACHED_TURN: Cell<usize> = const { Cell::new(NO_TURN) };
+}
+
+#[cold]
+fn take_turn() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     static RETURNED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
     struct Turn(usize);
     impl Drop for Turn {
         fn drop(&mut self) {
+            CACHED_TURN.set(NO_TURN);
             let mut returned = RETURNED.lock().unwrap_or_else(|p| p.into_inner());
             returned.push(self.0);
         }
@@ -514,7 +466,11 @@ fn thread_turn() -> usize {
     });
     // While the thread's locals are being destroyed (a guard dropped by another local's
     // destructor, say), any shard will do.
-    TURN.try_with(|turn| turn.0).unwrap_or(0)
+    TURN.try_with(|turn| {
+        CACHED_TURN.set(turn.0);
+        turn.0
+    })
+    .unwrap_or(0)
 }
 
 impl<R: Record> Store<R> {
@@ -523,6 +479,7 @@ impl<R: Record> Store<R> {
         let shards = 1usize << shards.clamp(1, MAX_SHARDS).ilog2();
         let spares = Spares::default();
         let share = retention.div_ceil(shards);
+        let clock = quanta::Clock::new();
         Store {
             shards: (0..shards)
                 .map(|_| CachePadded::new(Mutex::new(Shard::new(share, spares.clone()))))
@@ -541,7 +498,8 @@ impl<R: Record> Store<R> {
                 limit: retention,
                 used: CachePadded::new(AtomicUsize::new(0)),
             },
-            base: quanta::Instant::now(),
+            base: clock.now(),
+            clock,
             dispatcher,
         }
     }
@@ -555,7 +513,7 @@ impl<R: Record> Store<R> {
     /// system's monotonic clock otherwise.
     #[inline]
     pub(crate) fn mono_now(&self) -> u64 {
-        crate::record::nanos(quanta::Instant::now().duration_since(self.base))
+        crate::record::nanos(self.clock.now().duration_since(self.base))
     }
 
     #[inline]
@@ -600,15 +558,19 @@ impl<R: Record> Store<R> {
         if self.mode() == Mode::Claimed {
             return Some(claims);
         }
-        let first = match self.first_home.compare_exchange(
-            NO_HOME,
-            home,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => home,
-            Err(first) => first,
-        };
+        // A plain load first: a compare-exchange would take the line exclusive on every start.
+        let mut first = self.first_home.load(Ordering::Acquire);
+        if first == NO_HOME {
+            first = match self.first_home.compare_exchange(
+                NO_HOME,
+                home,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => home,
+                Err(first) => first,
+            };
+        }
         if first == home {
             return None;
         }
@@ -726,25 +688,24 @@ impl<R: Record> Store<R> {
                         continue;
                     }
                 }
-                if shard
-                    .in_flight
-                    .find(hash, |r| r.task_id() == task_id)
-                    .is_some()
-                {
-                    return Err(already());
-                }
             }
-            let record = make(Start {
+            // One probe finds a duplicate (without claims, the only check) or the free place.
+            let hasher = &self.hasher;
+            let place = shard.in_flight.entry(
+                hash,
+                |r| r.task_id() == task_id,
+                |r| hasher.hash_one(r.task_id()),
+            );
+            let hashbrown::hash_table::Entry::Vacant(place) = place else {
+                return Err(already());
+            };
+            place.insert(make(Start {
                 task_id: TaskId::from(task_id),
                 key_hash: hash as u32,
                 start_wall_ns: shard.clock.wall_ns(start_mono),
                 start_mono,
                 names: &mut shard.names,
-            });
-            let hasher = &self.hasher;
-            shard
-                .in_flight
-                .insert_unique(hash, record, |r| hasher.hash_one(r.task_id()));
+            }));
             if let Some(claim) = claim {
                 claim.claim(home);
             }
@@ -1067,22 +1028,6 @@ mod tests {
         assert_eq!(clock.wall_ns(900), first - 100);
         let later = clock.wall_ns(1_000 + 2 * WALL_ANCHOR_AGE_NS);
         assert!(later >= first);
-    }
-
-    #[test]
-    fn names_are_shared_up_to_the_interner_capacity() {
-        let mut names = Interner::default();
-        let load = names.get("load");
-        assert!(
-            matches!((&load, names.get("load")), (Name::Shared(a), Name::Shared(b)) if *a == b)
-        );
-        for i in 0..Interner::CAPACITY {
-            names.get(&i.to_string());
-        }
-        let late = names.get("late");
-        assert!(matches!(late, Name::Own(_)));
-        assert_eq!(late.as_str(&names), "late");
-        assert_eq!(load.as_str(&names), "load");
     }
 
     #[test]
