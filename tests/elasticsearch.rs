@@ -1015,6 +1015,62 @@ fn an_untrusted_server_certificate_fails_the_handshake_and_is_reported() {
     assert_eq!(server.doc_count(), 0);
 }
 
+/// A CA that cannot work is refused when it is given, as PEM data or as a file, instead of
+/// failing every handshake later: a CERTIFICATE block with no certificate inside, a key (here
+/// the fake's kind of key, made by rcgen) and an empty file. The file's CA, once fixed,
+/// builds.
+#[test]
+fn an_unusable_ca_certificate_is_refused_when_given() {
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let garbage =
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+    let cases = [
+        (
+            garbage,
+            "block 1 is not a valid X.509 certificate (BadEncoding)",
+        ),
+        (
+            &key,
+            "block 1 is a \"PRIVATE KEY\" block, not a CERTIFICATE",
+        ),
+        ("", "it holds no \"-----BEGIN CERTIFICATE-----\" block"),
+    ];
+    let path = std::env::temp_dir().join(format!("es-ca-test-{}.pem", std::process::id()));
+    let builder = ElasticsearchPublisher::builder(["https://localhost:9200"]).unwrap();
+    for (pem, reason) in cases {
+        std::fs::write(&path, pem).unwrap();
+        for (source, result) in [
+            (
+                "ca_certificate_pem".to_owned(),
+                builder.clone().ca_certificate_pem(pem.as_bytes()),
+            ),
+            (
+                format!("file {}", path.display()),
+                builder.clone().ca_certificate_file(&path),
+            ),
+        ] {
+            let err = result
+                .err()
+                .unwrap_or_else(|| panic!("{source} accepted {pem:?}"));
+            assert!(
+                matches!(err, ElasticsearchError::InvalidCaCertificate { .. }),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "the CA certificate in {source} is not usable: {reason}; give the PEM file \
+                     of the CA that signed the cluster's certificate"
+                )),
+                "{err}"
+            );
+        }
+    }
+    std::fs::write(&path, include_str!("support/test_ca.pem")).unwrap();
+    let built = builder.ca_certificate_file(&path).and_then(|b| b.build());
+    let _ = std::fs::remove_file(&path);
+    built.unwrap();
+}
+
 #[test]
 fn a_ca_certificate_is_read_from_pem() {
     // A self-signed CA certificate (CN=pipeline-telemetry-test) as Elasticsearch's http_ca.crt,
