@@ -966,22 +966,27 @@ fn documents_are_indexed_over_https_with_the_configured_ca() {
 
 /// Without the CA (the built-in Mozilla roots) or with another CA, the handshake fails:
 /// no request reaches the server, the last error names the host and the certificate
-/// problem, and every document is accounted for (retried, then given up at the retry
-/// limit), none lost silently.
+/// problem, then says what to do about the CA setting, and every document is accounted for
+/// (retried, then given up at the retry limit), none lost silently.
 #[test]
 fn an_untrusted_server_certificate_fails_the_handshake_and_is_reported() {
     let server = FakeElasticsearch::start_https();
     let other_ca = include_str!("support/test_ca.pem");
+    let set_a_ca = "; set ca_certificate_pem or ca_certificate_file to the CA that signed the \
+                    cluster's certificate";
+    let wrong_ca = "; the configured CA did not sign the cluster's certificate";
     let cases = [
-        ("built-in roots", quick(&server)),
+        ("built-in roots", quick(&server), set_a_ca, wrong_ca),
         (
             "another CA",
             quick(&server)
                 .ca_certificate_pem(other_ca.as_bytes())
                 .unwrap(),
+            wrong_ca,
+            set_a_ca,
         ),
     ];
-    for (trust, builder) in cases {
+    for (trust, builder, hint, not_hint) in cases {
         let publisher = builder
             .flush_interval(Duration::from_secs(3600))
             .retry_limit(2)
@@ -1007,7 +1012,8 @@ fn an_untrusted_server_certificate_fails_the_handshake_and_is_reported() {
         let error = s.last_error.unwrap_or_default();
         assert!(
             error.starts_with(&server.url())
-                && error.contains("invalid peer certificate: UnknownIssuer"),
+                && error.ends_with(&format!("invalid peer certificate: UnknownIssuer{hint}"))
+                && !error.contains(not_hint),
             "{trust}: {error}"
         );
     }
