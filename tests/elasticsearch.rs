@@ -966,22 +966,27 @@ fn documents_are_indexed_over_https_with_the_configured_ca() {
 
 /// Without the CA (the built-in Mozilla roots) or with another CA, the handshake fails:
 /// no request reaches the server, the last error names the host and the certificate
-/// problem, and every document is accounted for (retried, then given up at the retry
-/// limit), none lost silently.
+/// problem, then says what to do about the CA setting, and every document is accounted for
+/// (retried, then given up at the retry limit), none lost silently.
 #[test]
 fn an_untrusted_server_certificate_fails_the_handshake_and_is_reported() {
     let server = FakeElasticsearch::start_https();
     let other_ca = include_str!("support/test_ca.pem");
+    let set_a_ca = "; set ca_certificate_pem or ca_certificate_file to the CA that signed the \
+                    cluster's certificate";
+    let wrong_ca = "; the configured CA did not sign the cluster's certificate";
     let cases = [
-        ("built-in roots", quick(&server)),
+        ("built-in roots", quick(&server), set_a_ca, wrong_ca),
         (
             "another CA",
             quick(&server)
                 .ca_certificate_pem(other_ca.as_bytes())
                 .unwrap(),
+            wrong_ca,
+            set_a_ca,
         ),
     ];
-    for (trust, builder) in cases {
+    for (trust, builder, hint, not_hint) in cases {
         let publisher = builder
             .flush_interval(Duration::from_secs(3600))
             .retry_limit(2)
@@ -1007,12 +1012,69 @@ fn an_untrusted_server_certificate_fails_the_handshake_and_is_reported() {
         let error = s.last_error.unwrap_or_default();
         assert!(
             error.starts_with(&server.url())
-                && error.contains("invalid peer certificate: UnknownIssuer"),
+                && error.ends_with(&format!("invalid peer certificate: UnknownIssuer{hint}"))
+                && !error.contains(not_hint),
             "{trust}: {error}"
         );
     }
     assert!(server.requests().is_empty(), "{:?}", server.requests());
     assert_eq!(server.doc_count(), 0);
+}
+
+/// A CA that cannot work is refused when it is given, as PEM data or as a file, instead of
+/// failing every handshake later: a CERTIFICATE block with no certificate inside, a key (here
+/// the fake's kind of key, made by rcgen) and an empty file. The file's CA, once fixed,
+/// builds.
+#[test]
+fn an_unusable_ca_certificate_is_refused_when_given() {
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    let garbage =
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+    let cases = [
+        (
+            garbage,
+            "block 1 is not a valid X.509 certificate (BadEncoding)",
+        ),
+        (
+            &key,
+            "block 1 is a \"PRIVATE KEY\" block, not a CERTIFICATE",
+        ),
+        ("", "it holds no \"-----BEGIN CERTIFICATE-----\" block"),
+    ];
+    let path = std::env::temp_dir().join(format!("es-ca-test-{}.pem", std::process::id()));
+    let builder = ElasticsearchPublisher::builder(["https://localhost:9200"]).unwrap();
+    for (pem, reason) in cases {
+        std::fs::write(&path, pem).unwrap();
+        for (source, result) in [
+            (
+                "ca_certificate_pem".to_owned(),
+                builder.clone().ca_certificate_pem(pem.as_bytes()),
+            ),
+            (
+                format!("file {}", path.display()),
+                builder.clone().ca_certificate_file(&path),
+            ),
+        ] {
+            let err = result
+                .err()
+                .unwrap_or_else(|| panic!("{source} accepted {pem:?}"));
+            assert!(
+                matches!(err, ElasticsearchError::InvalidCaCertificate { .. }),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string().starts_with(&format!(
+                    "the CA certificate in {source} is not usable: {reason}; give the PEM file \
+                     of the CA that signed the cluster's certificate"
+                )),
+                "{err}"
+            );
+        }
+    }
+    std::fs::write(&path, include_str!("support/test_ca.pem")).unwrap();
+    let built = builder.ca_certificate_file(&path).and_then(|b| b.build());
+    let _ = std::fs::remove_file(&path);
+    built.unwrap();
 }
 
 #[test]

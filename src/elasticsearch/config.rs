@@ -425,25 +425,46 @@ impl ElasticsearchBuilder {
     /// Trusts the certificates in this PEM data (and only them) for `https` hosts, such as
     /// the `http_ca.crt` Elasticsearch generates. Default: the Mozilla root certificates.
     ///
+    /// The data is checked here, as rustls will use it, so that a wrong file fails now rather
+    /// than every TLS handshake later: every PEM block must be a `CERTIFICATE` (a private key,
+    /// say, is refused) holding a valid X.509 certificate, and there must be at least one.
+    /// Whether the CA signed the cluster's certificate can only be seen at the handshake: if
+    /// not, deliveries fail and [`last_error`](super::ElasticsearchStats::last_error) says so.
+    ///
+    /// ```
+    /// use pipeline_telemetry::elasticsearch::{ElasticsearchError, ElasticsearchPublisher};
+    ///
+    /// let builder = ElasticsearchPublisher::builder(["https://localhost:9200"])?;
+    /// // Well-formed PEM, but the block holds the text "not a certificate".
+    /// let pem = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+    /// let err = builder.ca_certificate_pem(pem.as_bytes()).unwrap_err();
+    /// assert!(matches!(err, ElasticsearchError::InvalidCaCertificate { .. }));
+    /// assert!(err.to_string().contains("block 1 is not a valid X.509 certificate"));
+    /// # Ok::<(), ElasticsearchError>(())
+    /// ```
+    ///
     /// # Errors
-    /// [`ElasticsearchError::InvalidCaCertificate`] if the data holds no certificate or a
-    /// malformed one.
+    /// [`ElasticsearchError::InvalidCaCertificate`] if the data holds no PEM block, a block
+    /// other than a `CERTIFICATE`, malformed PEM, or a certificate that does not parse as
+    /// X.509; the message names the block (counted from 1).
     pub fn ca_certificate_pem(mut self, pem: &[u8]) -> Result<Self, ElasticsearchError> {
-        self.settings.ca_certificates = Some(Arc::new(parse_certificates(pem, "PEM data")?));
+        self.settings.ca_certificates =
+            Some(Arc::new(parse_certificates(pem, "ca_certificate_pem")?));
         Ok(self)
     }
 
-    /// Reads [`ca_certificate_pem`](Self::ca_certificate_pem) data from a file.
+    /// Reads [`ca_certificate_pem`](Self::ca_certificate_pem) data from a file, checked the
+    /// same way: an empty file, a key file or a damaged certificate is refused here.
     ///
     /// # Errors
-    /// [`ElasticsearchError::InvalidCaCertificate`] if the file cannot be read or holds no
-    /// valid certificate.
+    /// [`ElasticsearchError::InvalidCaCertificate`] naming the file, if it cannot be read or
+    /// its contents would be refused by [`ca_certificate_pem`](Self::ca_certificate_pem).
     pub fn ca_certificate_file(self, path: impl AsRef<Path>) -> Result<Self, ElasticsearchError> {
         let path = path.as_ref();
         let source = format!("file {}", path.display());
         let pem = std::fs::read(path).map_err(|e| ElasticsearchError::InvalidCaCertificate {
             source: source.clone(),
-            reason: e.to_string(),
+            reason: format!("it cannot be read: {e}"),
         })?;
         let mut this = self;
         this.settings.ca_certificates = Some(Arc::new(parse_certificates(&pem, &source)?));
@@ -630,21 +651,61 @@ impl ElasticsearchBuilder {
     }
 }
 
-/// The DER bytes of every certificate in `pem`.
+/// The DER bytes of every certificate in `pem`, each checked as a trust anchor the way rustls
+/// will use it: every PEM block must be a `CERTIFICATE` holding an X.509 certificate, and there
+/// must be at least one. `source` names where the data came from, for the error.
 fn parse_certificates(pem: &[u8], source: &str) -> Result<Vec<Vec<u8>>, ElasticsearchError> {
+    use rustls::pki_types::pem::{self, PemObject as _};
+    use rustls::pki_types::CertificateDer;
+
     let invalid = |reason: String| ElasticsearchError::InvalidCaCertificate {
         source: source.to_owned(),
         reason,
     };
-    let mut certs = Vec::new();
-    for item in ureq::tls::parse_pem(pem) {
-        match item.map_err(|e| invalid(e.to_string()))? {
-            ureq::tls::PemItem::Certificate(cert) => certs.push(cert.der().to_vec()),
-            _ => continue,
+    // The PEM parser skips blocks of a type it does not know, so types are checked on the
+    // BEGIN lines first; with every block a CERTIFICATE, the parser's n-th is block n.
+    let labels = pem
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter_map(|line| line.strip_prefix(b"-----BEGIN "))
+        .map(|rest| rest.trim_ascii_end().strip_suffix(b"-----").unwrap_or(rest));
+    for (n, label) in (1..).zip(labels) {
+        if label != b"CERTIFICATE" {
+            let label = String::from_utf8_lossy(&label[..label.len().min(40)]);
+            return Err(invalid(format!(
+                "block {n} is a {label:?} block, not a CERTIFICATE"
+            )));
         }
     }
+    let mut certs = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, block) in (1..).zip(CertificateDer::pem_slice_iter(pem)) {
+        let der = block.map_err(|e| {
+            invalid(match e {
+                pem::Error::Base64Decode(_) => format!("block {n} is not valid base64"),
+                pem::Error::MissingSectionEnd { .. } => {
+                    format!("block {n} has no \"-----END CERTIFICATE-----\" line")
+                }
+                pem::Error::IllegalSectionStart { .. } => {
+                    format!("the BEGIN line of block {n} is malformed")
+                }
+                e => format!("block {n}: {e}"),
+            })
+        })?;
+        if let Err(e) = roots.add(der.clone()) {
+            let detail = match e {
+                rustls::Error::InvalidCertificate(e) => format!("{e:?}"),
+                e => e.to_string(),
+            };
+            return Err(invalid(format!(
+                "block {n} is not a valid X.509 certificate ({detail})"
+            )));
+        }
+        certs.push(der.to_vec());
+    }
     if certs.is_empty() {
-        return Err(invalid("no certificate found".into()));
+        return Err(invalid(
+            "it holds no \"-----BEGIN CERTIFICATE-----\" block".into(),
+        ));
     }
     Ok(certs)
 }
@@ -786,17 +847,143 @@ mod tests {
         ));
     }
 
+    /// A self-signed CA certificate, without its key, as Elasticsearch's http_ca.crt.
+    const TEST_CA: &str = include_str!("../../tests/support/test_ca.pem");
+
+    /// A PEM block of `label` around `base64`.
+    fn block(label: &str, base64: &str) -> String {
+        format!("-----BEGIN {label}-----\n{base64}\n-----END {label}-----\n")
+    }
+
+    /// The reason a CA given as PEM data is refused.
+    fn refusal(pem: &str) -> String {
+        let b = ElasticsearchBuilder::new(["https://localhost"]).unwrap();
+        match b.ca_certificate_pem(pem.as_bytes()) {
+            Err(ElasticsearchError::InvalidCaCertificate { source, reason }) => {
+                assert_eq!(source, "ca_certificate_pem");
+                reason
+            }
+            Err(other) => panic!("expected InvalidCaCertificate, got {other:?}"),
+            Ok(_) => panic!("accepted: {pem}"),
+        }
+    }
+
     #[test]
     fn ca_certificate_errors_name_the_source() {
         let b = ElasticsearchBuilder::new(["https://localhost"]).unwrap();
         let err = b.clone().ca_certificate_pem(b"not pem").unwrap_err();
-        assert!(err.to_string().contains("PEM data"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the CA certificate in ca_certificate_pem"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the CA that signed the cluster's certificate"),
+            "{text}"
+        );
         let err = b
             .ca_certificate_file("/nonexistent/http_ca.crt")
             .unwrap_err();
         assert!(
-            err.to_string().contains("/nonexistent/http_ca.crt"),
+            err.to_string()
+                .contains("file /nonexistent/http_ca.crt is not usable: it cannot be read"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_valid_ca_certificate_is_kept() {
+        let b = ElasticsearchBuilder::new(["https://localhost"]).unwrap();
+        let two = format!("{TEST_CA}\n{TEST_CA}");
+        for (pem, count) in [(TEST_CA, 1), (two.as_str(), 2)] {
+            let settings = b
+                .clone()
+                .ca_certificate_pem(pem.as_bytes())
+                .unwrap()
+                .settings_for_test();
+            let certs = settings.ca_certificates.unwrap();
+            assert_eq!(certs.len(), count);
+            assert_eq!(certs[0][0], 0x30, "DER starts with a SEQUENCE");
+        }
+        // Windows line ends read the same.
+        let crlf = TEST_CA.replace('\n', "\r\n");
+        assert!(b.ca_certificate_pem(crlf.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn no_certificate_is_refused() {
+        for pem in ["", "\n\n", "not pem", "# comments only\n"] {
+            assert_eq!(
+                refusal(pem),
+                "it holds no \"-----BEGIN CERTIFICATE-----\" block",
+                "{pem:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_in_a_certificate_block_is_refused() {
+        // Base64 of "not a certificate": well-formed PEM, but no X.509 inside.
+        let garbage = block("CERTIFICATE", "bm90IGEgY2VydGlmaWNhdGU=");
+        let reason = refusal(&garbage);
+        assert_eq!(
+            reason, "block 1 is not a valid X.509 certificate (BadEncoding)",
+            "{reason}"
+        );
+        // After a good one, the bad block is named by its number.
+        let reason = refusal(&format!("{TEST_CA}{garbage}"));
+        assert!(
+            reason.starts_with("block 2 is not a valid X.509"),
+            "{reason}"
+        );
+        // A certificate cut short.
+        let body: Vec<&str> = TEST_CA
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let reason = refusal(&block("CERTIFICATE", &body[..body.len() - 2].join("\n")));
+        assert_eq!(
+            reason,
+            "block 1 is not a valid X.509 certificate (BadEncoding)"
+        );
+        // Not base64 at all.
+        let reason = refusal(&block("CERTIFICATE", "%%% not base64 %%%"));
+        assert_eq!(reason, "block 1 is not valid base64");
+        // No END line.
+        let reason = refusal(
+            TEST_CA
+                .trim_end()
+                .trim_end_matches("-----END CERTIFICATE-----"),
+        );
+        assert_eq!(reason, "block 1 has no \"-----END CERTIFICATE-----\" line");
+    }
+
+    #[test]
+    fn blocks_other_than_certificates_are_refused_without_their_contents() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let body = key.lines().nth(1).unwrap().to_owned();
+        for (pem, expected) in [
+            (
+                key.clone(),
+                "block 1 is a \"PRIVATE KEY\" block, not a CERTIFICATE",
+            ),
+            // A certificate and its key in one file: the key is not taken for a CA.
+            (
+                format!("{TEST_CA}{key}"),
+                "block 2 is a \"PRIVATE KEY\" block, not a CERTIFICATE",
+            ),
+            // A type the PEM parser would skip silently.
+            (
+                block("TRUSTED CERTIFICATE", "AAAA"),
+                "block 1 is a \"TRUSTED CERTIFICATE\" block, not a CERTIFICATE",
+            ),
+        ] {
+            let reason = refusal(&pem);
+            assert_eq!(reason, expected);
+            let b = ElasticsearchBuilder::new(["https://localhost"]).unwrap();
+            let err = b.ca_certificate_pem(pem.as_bytes()).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains(&body), "key material in {text}");
+        }
     }
 }

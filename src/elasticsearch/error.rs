@@ -36,11 +36,13 @@ pub enum ElasticsearchError {
         /// Which rule it breaks.
         reason: String,
     },
-    /// The CA certificate could not be read or parsed.
+    /// The CA certificate could not be read, or is not one: the data holds no PEM block, a
+    /// block other than a `CERTIFICATE`, or a certificate that is not valid X.509.
     InvalidCaCertificate {
-        /// Where it came from: a file path or `"PEM data"`.
+        /// Where it came from: `"file <path>"` or `"ca_certificate_pem"`.
         source: String,
-        /// What went wrong.
+        /// What is wrong, naming the PEM block (counted from 1) where there is one; never
+        /// the block's contents.
         reason: String,
     },
     /// A numeric or duration setting is out of range.
@@ -90,8 +92,8 @@ impl fmt::Display for ElasticsearchError {
             ),
             ElasticsearchError::InvalidCaCertificate { source, reason } => write!(
                 f,
-                "CA certificate from {source} is not usable: {reason}; give a PEM file holding \
-                 at least one \"-----BEGIN CERTIFICATE-----\" block (Elasticsearch writes it to \
+                "the CA certificate in {source} is not usable: {reason}; give the PEM file of \
+                 the CA that signed the cluster's certificate (Elasticsearch writes it to \
                  config/certs/http_ca.crt)"
             ),
             ElasticsearchError::InvalidSetting {

@@ -37,6 +37,44 @@ pub(crate) struct TransportError {
     pub(crate) message: String,
 }
 
+/// Added to a handshake failure on the server's certificate chain, without a CA setting.
+const HINT_NO_CA: &str =
+    "set ca_certificate_pem or ca_certificate_file to the CA that signed the cluster's certificate";
+/// Added to a handshake failure on the server's certificate chain, with a CA setting.
+const HINT_OTHER_CA: &str = "the configured CA did not sign the cluster's certificate";
+
+impl TransportError {
+    /// The client library's error, with a hint on the CA setting when the server's
+    /// certificate chain does not lead to a trusted CA (its issuer is unknown, or its
+    /// signature does not verify with the CA of that name). Other certificate problems
+    /// (expired, wrong host name) and other failures are reported as they are.
+    fn new(error: &ureq::Error, custom_ca: bool) -> TransportError {
+        let mut message = error.to_string();
+        if untrusted_issuer(error) {
+            message.push_str("; ");
+            message.push_str(if custom_ca { HINT_OTHER_CA } else { HINT_NO_CA });
+        }
+        TransportError { message }
+    }
+}
+
+/// Whether rustls refused the server's certificate for want of a trusted issuer. ureq passes
+/// the handshake's error on as its own or inside an I/O error, as rustls's streams do.
+fn untrusted_issuer(error: &ureq::Error) -> bool {
+    use rustls::CertificateError::{BadSignature, UnknownIssuer};
+    let tls = match error {
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(e) => e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(
+            UnknownIssuer | BadSignature
+        ))
+    )
+}
+
 /// Appends the bulk body of `docs` to `out` (cleared first): their lines back to back, gzip
 /// compressed if asked. Returns the uncompressed length.
 pub(crate) fn bulk_body<'a>(
@@ -69,6 +107,8 @@ pub(crate) struct Client {
     agent: ureq::Agent,
     authorization: Option<Arc<Secret>>,
     timeout: Duration,
+    /// Whether a CA was configured, for the hint on certificate errors.
+    custom_ca: bool,
 }
 
 impl Client {
@@ -92,6 +132,7 @@ impl Client {
             agent: ureq::Agent::new_with_config(config),
             authorization: settings.credentials.header().map(Arc::new),
             timeout: settings.request_timeout,
+            custom_ca: settings.ca_certificates.is_some(),
         })
     }
 
@@ -130,7 +171,7 @@ impl Client {
         if let Some(auth) = self.auth_value()? {
             request = request.header("Authorization", auth);
         }
-        read(request.send(body))
+        read(request.send(body), self.custom_ca)
     }
 
     /// `GET {host}{path}`.
@@ -151,7 +192,7 @@ impl Client {
         if let Some(auth) = self.auth_value()? {
             request = request.header("Authorization", auth);
         }
-        read(request.call())
+        read(request.call(), self.custom_ca)
     }
 
     /// `PUT {host}{path}` with a JSON body.
@@ -174,16 +215,16 @@ impl Client {
         if let Some(auth) = self.auth_value()? {
             request = request.header("Authorization", auth);
         }
-        read(request.send(body))
+        read(request.send(body), self.custom_ca)
     }
 }
 
+/// The answer to a request, read in full; `custom_ca` tells whether a CA was configured.
 fn read(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    custom_ca: bool,
 ) -> Result<Response, TransportError> {
-    let mut response = result.map_err(|e| TransportError {
-        message: e.to_string(),
-    })?;
+    let mut response = result.map_err(|e| TransportError::new(&e, custom_ca))?;
     let status = response.status().as_u16();
     let elastic_product = response
         .headers()
@@ -208,6 +249,52 @@ fn read(
 mod tests {
     use super::*;
     use std::io::Read as _;
+
+    /// A handshake failure as ureq reports it: rustls's error inside an I/O error.
+    fn handshake_error(e: rustls::CertificateError) -> ureq::Error {
+        let e = rustls::Error::InvalidCertificate(e);
+        ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn an_untrusted_issuer_gets_a_hint_on_the_ca_setting() {
+        use rustls::CertificateError::{BadSignature, UnknownIssuer};
+        for e in [UnknownIssuer, BadSignature] {
+            let error = handshake_error(e.clone());
+            let original = error.to_string();
+            for (custom_ca, hint) in [(false, HINT_NO_CA), (true, HINT_OTHER_CA)] {
+                let message = TransportError::new(&error, custom_ca).message;
+                assert_eq!(message, format!("{original}; {hint}"));
+            }
+            let error = ureq::Error::Rustls(rustls::Error::InvalidCertificate(e));
+            assert!(TransportError::new(&error, false)
+                .message
+                .ends_with(HINT_NO_CA));
+        }
+        assert_eq!(
+            TransportError::new(&handshake_error(UnknownIssuer), false).message,
+            "io: invalid peer certificate: UnknownIssuer; set ca_certificate_pem or \
+             ca_certificate_file to the CA that signed the cluster's certificate"
+        );
+    }
+
+    #[test]
+    fn other_failures_get_no_hint() {
+        use rustls::CertificateError::{Expired, NotValidForName};
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for error in [
+            handshake_error(Expired),
+            handshake_error(NotValidForName),
+            ureq::Error::Io(refused),
+            ureq::Error::ConnectionFailed,
+            ureq::Error::HostNotFound,
+        ] {
+            for custom_ca in [false, true] {
+                let message = TransportError::new(&error, custom_ca).message;
+                assert_eq!(message, error.to_string());
+            }
+        }
+    }
 
     #[test]
     fn plain_body_is_the_lines_back_to_back() {

@@ -76,7 +76,10 @@ pub struct ElasticsearchStats {
     pub template: TemplateStatus,
     /// The last refusal: index, `_id` and Elasticsearch's status, error type and reason.
     pub last_refusal: Option<String>,
-    /// The last retryable failure (connection error, timeout, 429, 5xx).
+    /// The last retryable failure (connection error, TLS handshake, timeout, 429, 5xx). When
+    /// the server's certificate is not signed by a trusted CA, a hint on the
+    /// [`ca_certificate_pem`](super::ElasticsearchBuilder::ca_certificate_pem) setting
+    /// follows the TLS library's reason.
     pub last_error: Option<String>,
 }
 
