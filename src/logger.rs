@@ -371,6 +371,26 @@ impl Record for EventRecord {
         self.start_mono + self.duration_ns
     }
 
+    #[cfg(feature = "series")]
+    type Slot = crate::series::EventSlot;
+
+    #[cfg(feature = "series")]
+    #[inline]
+    fn aggregate(
+        &self,
+        series: &crate::series::PipelineSeries,
+        cache: &mut crate::series::SlotCache<Self::Slot>,
+        names: &crate::store::Interner,
+    ) {
+        let figures = crate::series::EventFigures {
+            status: self.status,
+            duration: Duration::from_nanos(self.duration_ns),
+            retries: self.retry_count,
+        };
+        let name = &self.event_name;
+        series.record_event_at(cache, name.id(), name.as_str(names), figures);
+    }
+
     fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch {
         Batch::Events(names, records, spares.clone())
     }

@@ -319,6 +319,27 @@ impl Record for NetworkRecord {
         self.start_mono + self.duration_ns
     }
 
+    #[cfg(feature = "series")]
+    type Slot = crate::series::OperationSlot;
+
+    #[cfg(feature = "series")]
+    #[inline]
+    fn aggregate(
+        &self,
+        series: &crate::series::PipelineSeries,
+        cache: &mut crate::series::SlotCache<Self::Slot>,
+        names: &crate::store::Interner,
+    ) {
+        let figures = crate::series::OperationFigures {
+            latency: Duration::from_nanos(self.duration_ns),
+            sent: self.bytes_sent,
+            received: self.bytes_received,
+            failed: self.error.is_some(),
+        };
+        let operation = &self.operation;
+        series.record_network_at(cache, operation.id(), operation.as_str(names), figures);
+    }
+
     fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch {
         Batch::Network(names, records, spares.clone())
     }

@@ -60,6 +60,19 @@ pub(crate) trait Record: Clone + Send + 'static {
     /// spare buffers to give the emptied buffer back to.
     fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch;
     fn account(totals: &mut Self::Totals, finished: &Self);
+    /// The series slot a record of this kind is aggregated into on its recording thread, for
+    /// publishers that keep their series in memory.
+    #[cfg(feature = "series")]
+    type Slot: std::fmt::Debug + Send + Sync + 'static;
+    /// Adds the finished record to `series`; `cache` holds this shard's slots, `names` its
+    /// interned names.
+    #[cfg(feature = "series")]
+    fn aggregate(
+        &self,
+        series: &crate::series::PipelineSeries,
+        cache: &mut crate::series::SlotCache<Self::Slot>,
+        names: &Interner,
+    );
     fn merge(into: &mut Self::Totals, from: &Self::Totals);
 }
 
@@ -749,9 +762,7 @@ impl<R: Record> Store<R> {
             R::account(&mut shard.totals, &record);
             shard
                 .publishers
-                .offer(&self.dispatcher, &shard.names, record.end_mono(), || {
-                    record.clone()
-                });
+                .offer(&self.dispatcher, &shard.names, &record);
             let place = Place {
                 index,
                 fronts: &self.fronts,

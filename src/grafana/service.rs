@@ -126,14 +126,14 @@ fn set(slot: &Mutex<Option<String>>, value: String) {
 /// What the publisher, its recording methods and the push thread share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) series: PipelineSeries,
+    pub(crate) series: Arc<PipelineSeries>,
     pub(crate) counters: Counters,
 }
 
 impl Shared {
     pub(crate) fn new(series: PipelineSeries) -> Self {
         Shared {
-            series,
+            series: Arc::new(series),
             counters: Counters::default(),
         }
     }

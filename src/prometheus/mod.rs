@@ -67,7 +67,7 @@ use prometheus_client::registry::Registry;
 pub use error::PrometheusError;
 pub use exposition::ExpositionFormat;
 
-use crate::publish::{MetricsPublisher, PipelineHealth, PublishError};
+use crate::publish::{InPlace, MetricsPublisher, PipelineHealth, PublishError};
 use crate::record::{EventMetrics, EventRef, NetworkMetrics, NetworkRef};
 use crate::series::{self, is_metric_name, Kind, PipelineSeries, SeriesConfig};
 use server::Server;
@@ -136,7 +136,7 @@ pub struct PrometheusPublisher {
 /// What the recording side and the HTTP threads share.
 #[derive(Debug)]
 struct Shared {
-    series: PipelineSeries,
+    series: Arc<PipelineSeries>,
     registry: Option<Arc<Registry>>,
     /// Size of the last rendering, to allocate the next one at once.
     last_len: AtomicUsize,
@@ -266,6 +266,12 @@ impl MetricsPublisher for PrometheusPublisher {
     fn publish_network(&self, operation: NetworkRef<'_>) -> Result<(), PublishError> {
         self.shared.series.record_network(operation);
         Ok(())
+    }
+
+    /// The series, updated by the recording threads themselves: a record costs a few atomic
+    /// additions there and never waits in a queue.
+    fn in_place(&self) -> Option<InPlace> {
+        Some(InPlace::new(Arc::clone(&self.shared.series)))
     }
 
     /// Stops the server, freeing the port; what was recorded can still be [rendered](Self::render).
@@ -473,7 +479,7 @@ impl PrometheusBuilder {
         }
         Ok(PrometheusPublisher {
             shared: Arc::new(Shared {
-                series,
+                series: Arc::new(series),
                 registry: self.registry,
                 last_len: AtomicUsize::new(0),
             }),

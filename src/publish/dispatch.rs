@@ -291,9 +291,13 @@ impl PipelineHealth {
 /// A shard's copy of the publisher set, refreshed when the dispatcher's epoch moves, and the
 /// batch of finished records it is gathering for them.
 #[derive(Debug)]
-pub(crate) struct PublisherCache<R> {
+pub(crate) struct PublisherCache<R: Record> {
     epoch: u64,
-    workers: WorkerSet,
+    /// The publishers records are queued to.
+    queued: Vec<Arc<Worker>>,
+    /// The publishers whose aggregates this shard updates itself.
+    #[cfg(feature = "series")]
+    in_place: Vec<InPlaceSlots<R>>,
     pending: Vec<R>,
     /// Monotonic end of the batch's first record.
     pending_since: u64,
@@ -301,46 +305,70 @@ pub(crate) struct PublisherCache<R> {
     spares: Spares<R>,
 }
 
+/// A publisher's in-memory aggregates as one shard updates them.
+#[cfg(feature = "series")]
+#[derive(Debug)]
+struct InPlaceSlots<R: Record> {
+    worker: Arc<Worker>,
+    series: Arc<crate::series::PipelineSeries>,
+    slots: crate::series::SlotCache<R::Slot>,
+    /// Records aggregated and not yet counted as delivered: counted in batches, so recording
+    /// threads do not take turns on the publisher's counter.
+    uncounted: u64,
+}
+
+#[cfg(feature = "series")]
+impl<R: Record> InPlaceSlots<R> {
+    fn count(&mut self) {
+        if self.uncounted > 0 {
+            self.worker
+                .count_delivered(std::mem::take(&mut self.uncounted));
+        }
+    }
+}
+
 impl<R: Record> PublisherCache<R> {
     /// A cache that takes its batch buffers from `spares`.
     pub(crate) fn new(spares: Spares<R>) -> Self {
         PublisherCache {
             epoch: 0,
-            workers: Arc::from(Vec::new()),
+            queued: Vec::new(),
+            #[cfg(feature = "series")]
+            in_place: Vec::new(),
             pending: Vec::new(),
             pending_since: 0,
             spares,
         }
     }
 
-    /// Adds a record (built by `make` only if there is a publisher) to the batch, and hands
-    /// the batch over once it is full or a millisecond old. `names` resolves its names; `now`
-    /// is the record's monotonic end.
+    /// Offers a finished record to the publishers: aggregated here for those that keep their
+    /// series in memory, copied into the batch for the others, which is handed over once it
+    /// is full or a millisecond old. `names` resolves the record's names.
     #[inline]
-    pub(crate) fn offer(
-        &mut self,
-        dispatcher: &Dispatcher,
-        names: &Interner,
-        now: u64,
-        make: impl FnOnce() -> R,
-    ) {
+    pub(crate) fn offer(&mut self, dispatcher: &Dispatcher, names: &Interner, record: &R) {
         let epoch = dispatcher.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
-            // What was gathered goes to the publishers it was gathered for.
-            self.hand_over(names);
-            self.workers = dispatcher.current();
-            self.epoch = epoch;
+            self.refresh(dispatcher, names, epoch);
         }
-        if self.workers.is_empty() {
+        #[cfg(feature = "series")]
+        for publisher in &mut self.in_place {
+            record.aggregate(&publisher.series, &mut publisher.slots, names);
+            publisher.uncounted += 1;
+            if publisher.uncounted >= BATCH_RECORDS as u64 {
+                publisher.count();
+            }
+        }
+        if self.queued.is_empty() {
             return;
         }
         if self.pending.capacity() == 0 {
             self.pending = self.spares.take(BATCH_RECORDS);
         }
+        let now = record.end_mono();
         if self.pending.is_empty() {
             self.pending_since = now;
         }
-        self.pending.push(make());
+        self.pending.push(record.clone());
         // A batch never outgrows the queue it goes to.
         if self.pending.len() >= BATCH_RECORDS.min(dispatcher.queue_capacity)
             || now.saturating_sub(self.pending_since) > BATCH_AGE_NS
@@ -349,14 +377,43 @@ impl<R: Record> PublisherCache<R> {
         }
     }
 
-    /// Hands the gathered records to every publisher of the cached set.
+    /// Takes the dispatcher's current set; what was gathered goes to the publishers it was
+    /// gathered for.
+    #[cold]
+    fn refresh(&mut self, dispatcher: &Dispatcher, names: &Interner, epoch: u64) {
+        self.hand_over(names);
+        self.queued.clear();
+        #[cfg(feature = "series")]
+        self.in_place.clear();
+        for worker in dispatcher.current().iter() {
+            #[cfg(feature = "series")]
+            if let Some(in_place) = worker.in_place() {
+                self.in_place.push(InPlaceSlots {
+                    worker: Arc::clone(worker),
+                    series: Arc::clone(&in_place.series),
+                    slots: Default::default(),
+                    uncounted: 0,
+                });
+                continue;
+            }
+            self.queued.push(Arc::clone(worker));
+        }
+        self.epoch = epoch;
+    }
+
+    /// Hands the gathered records to every queued publisher of the cached set, and counts
+    /// what was aggregated in place.
     pub(crate) fn hand_over(&mut self, names: &Interner) {
+        #[cfg(feature = "series")]
+        for publisher in &mut self.in_place {
+            publisher.count();
+        }
         if self.pending.is_empty() {
             return;
         }
         let records = std::mem::take(&mut self.pending);
         let batch = R::batch(Arc::clone(names.names()), records, &self.spares);
-        if let Some((last, others)) = self.workers.split_last() {
+        if let Some((last, others)) = self.queued.split_last() {
             for worker in others {
                 worker.offer_batch(batch.clone());
             }

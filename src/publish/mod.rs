@@ -128,6 +128,36 @@ pub trait MetricsPublisher: Send {
     fn shutdown(&self, deadline: Instant) -> Result<(), PublishError> {
         self.flush(deadline)
     }
+
+    /// The aggregates this publisher keeps in memory, if it wants them updated on the
+    /// recording thread as each record ends rather than receive records on its delivery
+    /// thread. Only this crate's aggregating publishers (Prometheus, Grafana Cloud) can make
+    /// an [`InPlace`]; for every other publisher this stays `None`.
+    #[doc(hidden)]
+    fn in_place(&self) -> Option<InPlace> {
+        None
+    }
+}
+
+/// Aggregates a publisher keeps in memory, updated on the recording threads with no queue in
+/// between: an atomic addition or two per series, after a lookup by index. Made only by this
+/// crate's publishers (see [`MetricsPublisher::in_place`]).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct InPlace {
+    #[cfg(feature = "series")]
+    pub(crate) series: Arc<crate::series::PipelineSeries>,
+    _sealed: (),
+}
+
+impl InPlace {
+    #[cfg(feature = "series")]
+    pub(crate) fn new(series: Arc<crate::series::PipelineSeries>) -> Self {
+        InPlace {
+            series,
+            _sealed: (),
+        }
+    }
 }
 
 impl<P: MetricsPublisher + Sync + ?Sized> MetricsPublisher for Arc<P> {
@@ -154,6 +184,9 @@ impl<P: MetricsPublisher + Sync + ?Sized> MetricsPublisher for Arc<P> {
     }
     fn shutdown(&self, deadline: Instant) -> Result<(), PublishError> {
         (**self).shutdown(deadline)
+    }
+    fn in_place(&self) -> Option<InPlace> {
+        (**self).in_place()
     }
 }
 

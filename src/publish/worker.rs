@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
+#[cfg(feature = "series")]
+use super::InPlace;
 use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
@@ -138,6 +140,10 @@ pub(crate) struct Worker {
     capacity: usize,
     closed: AtomicBool,
     shutdown_timeout: Duration,
+    /// The publisher's in-memory aggregates, updated by the recording threads: its records
+    /// never go through the queue.
+    #[cfg(feature = "series")]
+    in_place: Option<InPlace>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -161,6 +167,8 @@ impl Worker {
         collect: Box<dyn Fn() + Send>,
     ) -> Result<Worker, TelemetryError> {
         let name = publisher.name().to_owned();
+        #[cfg(feature = "series")]
+        let in_place = publisher.in_place();
         let (tx, rx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
@@ -179,7 +187,23 @@ impl Worker {
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
             shutdown_timeout,
+            #[cfg(feature = "series")]
+            in_place,
         })
+    }
+
+    /// The aggregates the recording threads update for this publisher, if it has them.
+    #[cfg(feature = "series")]
+    pub(crate) fn in_place(&self) -> Option<&InPlace> {
+        self.in_place.as_ref()
+    }
+
+    /// Counts records the recording threads aggregated in place as delivered.
+    #[cfg(feature = "series")]
+    pub(crate) fn count_delivered(&self, records: u64) {
+        self.counters
+            .delivered
+            .fetch_add(records, Ordering::Relaxed);
     }
 
     /// Enqueues a record without waiting; a full or closed queue drops it and counts the drop.

@@ -17,8 +17,9 @@ pub(crate) const OTHER: &str = "__other__";
 
 const SHARDS: usize = 16;
 
-/// One shard: value and its slot.
-type Shard<S> = RwLock<HashTable<(Arc<str>, S)>>;
+/// One shard: value and its slot (shared, so recording threads can keep it; see
+/// [`LabelSlots::slot`]).
+type Shard<S> = RwLock<HashTable<(Arc<str>, Arc<S>)>>;
 
 /// The distinct values of one label and their slots, capped.
 pub(crate) struct LabelSlots<S> {
@@ -27,7 +28,7 @@ pub(crate) struct LabelSlots<S> {
     hasher: foldhash::fast::RandomState,
     shards: Box<[Shard<S>]>,
     /// The slot of [`OTHER`], shared by every folded value.
-    other: S,
+    other: Arc<S>,
     admitted: AtomicUsize,
     folded: AtomicU64,
 }
@@ -52,7 +53,7 @@ impl<S> LabelSlots<S> {
             cap,
             hasher: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
-            other,
+            other: Arc::new(other),
             admitted: AtomicUsize::new(0),
             folded: AtomicU64::new(0),
         }
@@ -73,51 +74,83 @@ impl<S> LabelSlots<S> {
         update: impl FnOnce(&S) -> R,
     ) -> R {
         let hash = self.hasher.hash_one(value);
-        let shard = &self.shards[(hash >> 60) as usize % SHARDS];
+        let shard = self.shard(hash);
+        if let Some((_, slot)) = shard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(hash, |(v, _)| **v == *value)
         {
-            let table = shard.read().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, slot)) = table.find(hash, |(v, _)| **v == *value) {
-                return update(slot);
-            }
+            return update(slot);
         }
-        self.admit(hash, shard, value, make, update)
+        match self.admit(hash, shard, value, make) {
+            Some(slot) => update(&slot),
+            None => self.fold(update),
+        }
     }
 
+    fn shard(&self, hash: u64) -> &Shard<S> {
+        &self.shards[(hash >> 60) as usize % SHARDS]
+    }
+
+    /// The slot of `value` for a recording thread to keep and use without looking it up
+    /// again: its own (made with `make` if the value is new and the cap allows), or `None`
+    /// if the value is folded. Each use of [`LabelSlots::other`] for a folded value must
+    /// be counted with [`LabelSlots::count_folded`].
+    pub(crate) fn slot(&self, value: &str, make: impl FnOnce() -> S) -> Option<Arc<S>> {
+        let hash = self.hasher.hash_one(value);
+        let shard = self.shard(hash);
+        if let Some((_, slot)) = shard
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .find(hash, |(v, _)| **v == *value)
+        {
+            return Some(Arc::clone(slot));
+        }
+        self.admit(hash, shard, value, make)
+    }
+
+    /// The slot of [`OTHER`], for folded values.
+    pub(crate) fn other(&self) -> &Arc<S> {
+        &self.other
+    }
+
+    /// Counts `n` records folded into [`OTHER`] through a kept slot.
+    pub(crate) fn count_folded(&self, n: u64) {
+        self.folded.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Admits `value` with a slot made by `make`, if the cap allows; `None` if it is to be
+    /// folded.
     #[cold]
-    fn admit<R>(
+    fn admit(
         &self,
         hash: u64,
         shard: &Shard<S>,
         value: &str,
         make: impl FnOnce() -> S,
-        update: impl FnOnce(&S) -> R,
-    ) -> R {
+    ) -> Option<Arc<S>> {
         // A full set folds without the write lock, so a runaway name space does not serialize
         // the recording threads. (A value admitted by another thread at this very moment may
         // be folded once.)
         if self.admitted.load(Ordering::Acquire) >= self.cap {
-            return self.fold(update);
+            return None;
         }
         let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
         if let Some((_, slot)) = table.find(hash, |(v, _)| **v == *value) {
-            return update(slot);
+            return Some(Arc::clone(slot));
         }
         // Reserve a place under the cap; another shard may be admitting at the same time.
-        let reserved = self
-            .admitted
+        self.admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.cap).then_some(n + 1)
             })
-            .is_ok();
-        if !reserved {
-            drop(table);
-            return self.fold(update);
-        }
+            .ok()?;
         let hasher = &self.hasher;
-        let entry = table.insert_unique(hash, (Arc::from(value), make()), |(v, _)| {
+        let slot = Arc::new(make());
+        table.insert_unique(hash, (Arc::from(value), Arc::clone(&slot)), |(v, _)| {
             hasher.hash_one(&**v)
         });
-        update(&entry.get().1)
+        Some(slot)
     }
 
     fn fold<R>(&self, update: impl FnOnce(&S) -> R) -> R {

@@ -40,6 +40,7 @@ mod labels;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 pub(crate) use histogram::{check_buckets, HistogramSnapshot, DEFAULT_BUCKETS};
 pub(crate) use labels::OTHER;
@@ -175,7 +176,7 @@ const fn status_index(status: Status) -> usize {
 
 /// Every series of one event name.
 #[derive(Debug)]
-struct EventSlot {
+pub(crate) struct EventSlot {
     /// Durations by status, in [`STATUSES`] order.
     duration: [Histogram; 3],
     retries: Counter,
@@ -188,11 +189,36 @@ impl EventSlot {
             retries: Counter::default(),
         }
     }
+
+    #[inline]
+    fn add(&self, figures: EventFigures) {
+        self.duration[status_index(figures.status)].observe(figures.duration);
+        if figures.retries > 0 {
+            self.retries.add(u64::from(figures.retries));
+        }
+    }
+}
+
+/// What a finished event adds to its series.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventFigures {
+    pub(crate) status: Status,
+    pub(crate) duration: Duration,
+    pub(crate) retries: u32,
+}
+
+/// What a finished network operation adds to its series.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OperationFigures {
+    pub(crate) latency: Duration,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) failed: bool,
 }
 
 /// Every series of one network operation.
 #[derive(Debug)]
-struct OperationSlot {
+pub(crate) struct OperationSlot {
     sent: Counter,
     received: Counter,
     latency: Histogram,
@@ -208,6 +234,74 @@ impl OperationSlot {
             latency: Histogram::new(Arc::clone(buckets)),
             operations: Default::default(),
         }
+    }
+
+    #[inline]
+    fn add(&self, figures: OperationFigures) {
+        self.sent.add(figures.sent);
+        self.received.add(figures.received);
+        self.latency.observe(figures.latency);
+        self.operations[usize::from(figures.failed)].add(1);
+    }
+}
+
+/// One recording thread's slots of a [`PipelineSeries`], by the id its store shard interned the
+/// label value under: found by hash once, then by index.
+#[derive(Debug)]
+pub(crate) struct SlotCache<S> {
+    by_id: Vec<Option<CachedSlot<S>>>,
+}
+
+#[derive(Debug)]
+struct CachedSlot<S> {
+    slot: Arc<S>,
+    /// The slot is [`OTHER`]'s: each use is counted as a folded value.
+    folded: bool,
+}
+
+impl<S> Default for SlotCache<S> {
+    fn default() -> Self {
+        SlotCache { by_id: Vec::new() }
+    }
+}
+
+impl<S> SlotCache<S> {
+    /// The slot of `value` (interned as `id`) among `slots`; `None` for a value without an
+    /// id, which the caller looks up itself.
+    #[inline]
+    fn get(
+        &mut self,
+        id: Option<u32>,
+        slots: &LabelSlots<S>,
+        value: &str,
+        make: impl FnOnce() -> S,
+    ) -> Option<&S> {
+        let index = id? as usize;
+        if self.by_id.get(index).is_none_or(Option::is_none) {
+            self.fill(index, slots, value, make);
+        }
+        let cached = self.by_id.get(index)?.as_ref()?;
+        if cached.folded {
+            slots.count_folded(1);
+        }
+        Some(&cached.slot)
+    }
+
+    #[cold]
+    fn fill(&mut self, index: usize, slots: &LabelSlots<S>, value: &str, make: impl FnOnce() -> S) {
+        if self.by_id.len() <= index {
+            self.by_id.resize_with(index + 1, || None);
+        }
+        self.by_id[index] = Some(match slots.slot(value, make) {
+            Some(slot) => CachedSlot {
+                slot,
+                folded: false,
+            },
+            None => CachedSlot {
+                slot: Arc::clone(slots.other()),
+                folded: true,
+            },
+        });
     }
 }
 
@@ -250,18 +344,19 @@ impl PipelineSeries {
     }
 
     /// Aggregates a finished event: its duration under `{event_name, status}` and its retries
-    /// under `{event_name}`. One slot lookup and three atomic additions.
+    /// under `{event_name}`. One slot lookup and two or three atomic additions.
     #[inline]
     pub(crate) fn record_event(&self, event: EventRef<'_>) {
-        let duration = event.duration();
+        let figures = EventFigures {
+            status: event.status,
+            duration: event.duration(),
+            retries: event.retry_count,
+        };
         let buckets = &self.config.buckets;
         self.events.with(
             event.event_name,
             || EventSlot::new(buckets),
-            |slot| {
-                slot.duration[status_index(event.status)].observe(duration);
-                slot.retries.add(u64::from(event.retry_count));
-            },
+            |slot| slot.add(figures),
         );
     }
 
@@ -269,18 +364,58 @@ impl PipelineSeries {
     /// itself by status. One slot lookup and five atomic additions.
     #[inline]
     pub(crate) fn record_network(&self, op: NetworkRef<'_>) {
-        let latency = op.latency();
+        let figures = OperationFigures {
+            latency: op.latency(),
+            sent: op.bytes_sent,
+            received: op.bytes_received,
+            failed: op.is_failed(),
+        };
         let buckets = &self.config.buckets;
         self.operations.with(
             op.operation,
             || OperationSlot::new(buckets),
-            |slot| {
-                slot.sent.add(op.bytes_sent);
-                slot.received.add(op.bytes_received);
-                slot.latency.observe(latency);
-                slot.operations[usize::from(op.is_failed())].add(1);
-            },
+            |slot| slot.add(figures),
         );
+    }
+
+    /// Aggregates a finished event on the thread that recorded it. `cache` is that thread's
+    /// (its store shard's) slots by interned name id, so a known name costs an index rather
+    /// than a hash and a lock; `id` is the name's id in the shard's interner, `None` if it has
+    /// none.
+    #[inline]
+    pub(crate) fn record_event_at(
+        &self,
+        cache: &mut SlotCache<EventSlot>,
+        id: Option<u32>,
+        name: &str,
+        figures: EventFigures,
+    ) {
+        let buckets = &self.config.buckets;
+        let make = || EventSlot::new(buckets);
+        match cache.get(id, &self.events, name, make) {
+            Some(slot) => slot.add(figures),
+            None => self.events.with(name, make, |slot| slot.add(figures)),
+        }
+    }
+
+    /// Aggregates a finished network operation on the thread that recorded it; see
+    /// [`PipelineSeries::record_event_at`].
+    #[inline]
+    pub(crate) fn record_network_at(
+        &self,
+        cache: &mut SlotCache<OperationSlot>,
+        id: Option<u32>,
+        operation: &str,
+        figures: OperationFigures,
+    ) {
+        let buckets = &self.config.buckets;
+        let make = || OperationSlot::new(buckets);
+        match cache.get(id, &self.operations, operation, make) {
+            Some(slot) => slot.add(figures),
+            None => self
+                .operations
+                .with(operation, make, |slot| slot.add(figures)),
+        }
     }
 
     /// Every family at this moment. `health` supplies the pipeline's own figures (in-flight

@@ -37,6 +37,16 @@ pub(crate) enum Name {
 }
 
 impl Name {
+    /// Its position in the shard's interner, if it has one.
+    #[cfg(feature = "series")]
+    #[inline]
+    pub(crate) fn id(&self) -> Option<u32> {
+        match self {
+            Name::Shared(id) => Some(*id),
+            Name::Own(_) => None,
+        }
+    }
+
     pub(crate) fn as_str<'a>(&'a self, names: &'a Interner) -> &'a str {
         match self {
             Name::Shared(id) => names.names.get(*id as usize).map_or("", |n| n),
