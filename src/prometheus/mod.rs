@@ -1,7 +1,8 @@
 //! [`PrometheusPublisher`]: the pipeline's metrics on a Prometheus scrape endpoint.
 //!
-//! Finished events and network operations are aggregated as they arrive (on the publisher's
-//! delivery thread, with atomic updates) into the families below, and served on
+//! Finished events and network operations are aggregated as they end, on the thread that
+//! ended them (a lookup by index and a few atomic additions; no queue, no copy of the record),
+//! into the families below, and served on
 //! `http://ADDR:PORT/metrics` by a small HTTP server on a thread of its own — no async runtime
 //! is needed, and it works the same inside a tokio program.
 //!

@@ -6,10 +6,12 @@
 //! [`PipelineSeries::snapshot`], so the backends cannot drift apart.
 //!
 //! Every series of a record hangs off one slot per value of its free-form label (event name or
-//! operation): recording finds the slot with one hash and a shared read lock on one of 16
-//! shards, then updates the slot's atomics — three additions for an event, five for a network
-//! operation. Nothing takes a global lock; a write lock is taken only the first time a label
-//! value is seen.
+//! operation). The store's shards aggregate the records they finish themselves, on the
+//! recording thread, each keeping the slots it has used by its interned name id
+//! ([`SlotCache`]): a known name costs an index, then the slot's atomics — two or three
+//! additions for an event, five for a network operation. Records published otherwise find the
+//! slot with one hash and a shared read lock on one of 16 shards. Nothing takes a global lock;
+//! a write lock is taken only the first time a label value is seen.
 //!
 //! The label-value cap bounds memory and exposition size: once a label has
 //! `max_label_values` distinct values, further values are folded into [`OTHER`] and counted in
