@@ -63,7 +63,7 @@ pub(crate) trait Record: Clone + Send + 'static {
     /// The series slot a record of this kind is aggregated into on its recording thread, for
     /// publishers that keep their series in memory.
     #[cfg(feature = "series")]
-    type Slot: std::fmt::Debug + Send + Sync + 'static;
+    type Slot: crate::series::Absorb + std::fmt::Debug + Send + Sync + 'static;
     /// Adds the finished record to `series`; `cache` holds this shard's slots, `names` its
     /// interned names.
     #[cfg(feature = "series")]

@@ -223,3 +223,30 @@ fn threads_recording_the_same_names_lose_nothing() {
         .sum();
     assert_eq!(delivered, u64::from(4 * per_thread * 2));
 }
+
+#[test]
+fn a_dropped_pipeline_leaves_its_counts_and_the_next_one_adds_to_them() {
+    let publisher = publisher(100);
+    let telemetry = telemetry_with(&publisher);
+    for i in 0..6 {
+        run(&telemetry, "load", &format!("a{i}"), false);
+    }
+    drop(telemetry);
+    let text = publisher.render(ExpositionFormat::Prometheus);
+    assert_eq!(count(&text, "load", "completed"), Some(6.0));
+
+    let telemetry = telemetry_with(&publisher);
+    for i in 0..4 {
+        run(&telemetry, "load", &format!("b{i}"), false);
+    }
+    let text = publisher.render(ExpositionFormat::Prometheus);
+    assert_eq!(count(&text, "load", "completed"), Some(10.0));
+    assert_eq!(
+        sample(
+            &text,
+            "network_operations_total",
+            "operation=\"fetch\",status=\"completed\""
+        ),
+        Some(10.0)
+    );
+}

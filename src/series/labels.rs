@@ -19,7 +19,57 @@ const SHARDS: usize = 16;
 
 /// One shard: value and its slot (shared, so recording threads can keep it; see
 /// [`LabelSlots::slot`]).
-type Shard<S> = RwLock<HashTable<(Arc<str>, Arc<S>)>>;
+type Shard<S> = RwLock<HashTable<(Arc<str>, Arc<Slot<S>>)>>;
+
+/// The series of one label value: the shared ones, which records published from anywhere add
+/// to atomically, and one part per store shard aggregating in place, which only that shard
+/// writes (so without atomic additions). Readings add them up.
+#[derive(Debug)]
+pub(crate) struct Slot<S> {
+    shared: S,
+    parts: RwLock<Vec<Arc<S>>>,
+}
+
+impl<S> Slot<S> {
+    fn new(shared: S) -> Self {
+        Slot {
+            shared,
+            parts: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The series every writer may add to.
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &S {
+        &self.shared
+    }
+
+    /// A new part, made by `make`, for one writer to keep.
+    pub(crate) fn new_part(&self, make: impl FnOnce() -> S) -> Arc<S> {
+        let part = Arc::new(make());
+        self.parts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&part));
+        part
+    }
+
+    /// Adds `part` into the shared series with `absorb` and forgets it; readers see it in one
+    /// place or the other, never both.
+    pub(crate) fn retire_part(&self, part: &Arc<S>, absorb: impl FnOnce(&S, &S)) {
+        let mut parts = self.parts.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = parts.iter().position(|p| Arc::ptr_eq(p, part)) {
+            absorb(&self.shared, part);
+            parts.swap_remove(at);
+        }
+    }
+
+    /// Calls `read` with the shared series and every part.
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&S, &[Arc<S>]) -> T) -> T {
+        let parts = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        read(&self.shared, &parts)
+    }
+}
 
 /// The distinct values of one label and their slots, capped.
 pub(crate) struct LabelSlots<S> {
@@ -28,7 +78,7 @@ pub(crate) struct LabelSlots<S> {
     hasher: foldhash::fast::RandomState,
     shards: Box<[Shard<S>]>,
     /// The slot of [`OTHER`], shared by every folded value.
-    other: Arc<S>,
+    other: Arc<Slot<S>>,
     admitted: AtomicUsize,
     folded: AtomicU64,
 }
@@ -53,7 +103,7 @@ impl<S> LabelSlots<S> {
             cap,
             hasher: foldhash::fast::RandomState::default(),
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
-            other: Arc::new(other),
+            other: Arc::new(Slot::new(other)),
             admitted: AtomicUsize::new(0),
             folded: AtomicU64::new(0),
         }
@@ -80,10 +130,10 @@ impl<S> LabelSlots<S> {
             .unwrap_or_else(|p| p.into_inner())
             .find(hash, |(v, _)| **v == *value)
         {
-            return update(slot);
+            return update(&slot.shared);
         }
         match self.admit(hash, shard, value, make) {
-            Some(slot) => update(&slot),
+            Some(slot) => update(&slot.shared),
             None => self.fold(update),
         }
     }
@@ -96,7 +146,7 @@ impl<S> LabelSlots<S> {
     /// again: its own (made with `make` if the value is new and the cap allows), or `None`
     /// if the value is folded. Each use of [`LabelSlots::other`] for a folded value must
     /// be counted with [`LabelSlots::count_folded`].
-    pub(crate) fn slot(&self, value: &str, make: impl FnOnce() -> S) -> Option<Arc<S>> {
+    pub(crate) fn slot(&self, value: &str, make: impl FnOnce() -> S) -> Option<Arc<Slot<S>>> {
         let hash = self.hasher.hash_one(value);
         let shard = self.shard(hash);
         if let Some((_, slot)) = shard
@@ -110,7 +160,7 @@ impl<S> LabelSlots<S> {
     }
 
     /// The slot of [`OTHER`], for folded values.
-    pub(crate) fn other(&self) -> &Arc<S> {
+    pub(crate) fn other(&self) -> &Arc<Slot<S>> {
         &self.other
     }
 
@@ -128,7 +178,7 @@ impl<S> LabelSlots<S> {
         shard: &Shard<S>,
         value: &str,
         make: impl FnOnce() -> S,
-    ) -> Option<Arc<S>> {
+    ) -> Option<Arc<Slot<S>>> {
         // A full set folds without the write lock, so a runaway name space does not serialize
         // the recording threads. (A value admitted by another thread at this very moment may
         // be folded once.)
@@ -146,7 +196,7 @@ impl<S> LabelSlots<S> {
             })
             .ok()?;
         let hasher = &self.hasher;
-        let slot = Arc::new(make());
+        let slot = Arc::new(Slot::new(make()));
         table.insert_unique(hash, (Arc::from(value), Arc::clone(&slot)), |(v, _)| {
             hasher.hash_one(&**v)
         });
@@ -155,12 +205,12 @@ impl<S> LabelSlots<S> {
 
     fn fold<R>(&self, update: impl FnOnce(&S) -> R) -> R {
         self.folded.fetch_add(1, Ordering::Relaxed);
-        update(&self.other)
+        update(&self.other.shared)
     }
 
     /// Calls `read` with every value and its slot, [`OTHER`] last and only if something was
     /// folded into it. Shards are read one at a time, so recording goes on meanwhile.
-    pub(crate) fn for_each(&self, mut read: impl FnMut(&Arc<str>, &S)) {
+    pub(crate) fn for_each(&self, mut read: impl FnMut(&Arc<str>, &Slot<S>)) {
         for shard in self.shards.iter() {
             let table = shard.read().unwrap_or_else(|p| p.into_inner());
             for (value, slot) in table.iter() {
@@ -191,7 +241,7 @@ mod tests {
 
     fn counts(slots: &LabelSlots<AtomicU64>) -> Vec<(String, u64)> {
         let mut out = Vec::new();
-        slots.for_each(|v, c| out.push((v.to_string(), c.load(Ordering::Relaxed))));
+        slots.for_each(|v, c| out.push((v.to_string(), c.shared().load(Ordering::Relaxed))));
         out.sort();
         out
     }

@@ -13,6 +13,12 @@
 //! slot with one hash and a shared read lock on one of 16 shards. Nothing takes a global lock;
 //! a write lock is taken only the first time a label value is seen.
 //!
+//! Each store shard writes its own part of each slot it uses (a [`SlotCache`]), with plain
+//! stores rather than atomic additions, so threads recording the same names never write the
+//! same cache lines; a reading adds the parts up, and a part goes back into the slot's shared
+//! series when its shard lets it go. The price is memory: with the default 14 buckets, about
+//! 0.55 KB per event name and 0.25 KB per operation for each thread that records them.
+//!
 //! The label-value cap bounds memory and exposition size: once a label has
 //! `max_label_values` distinct values, further values are folded into [`OTHER`] and counted in
 //! `telemetry_label_values_folded_total{label}`.
@@ -50,7 +56,7 @@ pub(crate) use labels::OTHER;
 use crate::publish::PipelineHealth;
 use crate::record::{EventRef, NetworkRef, Status};
 use histogram::Histogram;
-use labels::LabelSlots;
+use labels::{LabelSlots, Slot};
 
 /// Distinct values per free-form label (event name, operation) unless configured otherwise.
 pub(crate) const DEFAULT_MAX_LABEL_VALUES: usize = 1_000;
@@ -129,6 +135,11 @@ pub(crate) fn le_string(bound: f64) -> String {
     format!("{bound:?}")
 }
 
+/// The sum of some counters.
+fn total<'a>(counters: impl Iterator<Item = &'a Counter>) -> u64 {
+    counters.fold(0, |sum, c| sum.wrapping_add(c.get()))
+}
+
 /// A monotonic integer counter.
 #[derive(Debug, Default)]
 pub(crate) struct Counter(AtomicU64);
@@ -137,6 +148,12 @@ impl Counter {
     #[inline]
     pub(crate) fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// [`Counter::add`] for a counter only one thread at a time writes: no atomic addition.
+    #[inline]
+    pub(crate) fn add_alone(&self, n: u64) {
+        histogram::add_alone(&self.0, n);
     }
 
     pub(crate) fn get(&self) -> u64 {
@@ -199,6 +216,24 @@ impl EventSlot {
             self.retries.add(u64::from(figures.retries));
         }
     }
+
+    /// [`EventSlot::add`] for a part only one thread at a time writes.
+    #[inline]
+    fn add_alone(&self, figures: EventFigures) {
+        self.duration[status_index(figures.status)].observe_alone(figures.duration);
+        if figures.retries > 0 {
+            self.retries.add_alone(u64::from(figures.retries));
+        }
+    }
+}
+
+impl Absorb for EventSlot {
+    fn absorb(&self, other: &Self) {
+        for (into, from) in self.duration.iter().zip(&other.duration) {
+            into.absorb(from);
+        }
+        self.retries.add(other.retries.get());
+    }
 }
 
 /// What a finished event adds to its series.
@@ -245,38 +280,75 @@ impl OperationSlot {
         self.latency.observe(figures.latency);
         self.operations[usize::from(figures.failed)].add(1);
     }
+
+    /// [`OperationSlot::add`] for a part only one thread at a time writes.
+    #[inline]
+    fn add_alone(&self, figures: OperationFigures) {
+        self.sent.add_alone(figures.sent);
+        self.received.add_alone(figures.received);
+        self.latency.observe_alone(figures.latency);
+        self.operations[usize::from(figures.failed)].add_alone(1);
+    }
 }
 
-/// One recording thread's slots of a [`PipelineSeries`], by the id its store shard interned the
-/// label value under: found by hash once, then by index.
+impl Absorb for OperationSlot {
+    fn absorb(&self, other: &Self) {
+        self.sent.add(other.sent.get());
+        self.received.add(other.received.get());
+        self.latency.absorb(&other.latency);
+        for (into, from) in self.operations.iter().zip(&other.operations) {
+            into.add(from.get());
+        }
+    }
+}
+
+/// Series values that can take in another's: how a store shard's part of a slot goes back
+/// into the slot's shared series when the shard lets it go.
+pub(crate) trait Absorb {
+    fn absorb(&self, other: &Self);
+}
+
+/// One store shard's parts of a [`PipelineSeries`], by the id the shard interned the label
+/// value under: found by hash once, then by index. Only this shard writes its parts, so they
+/// are updated without atomic additions, and threads recording the same names do not take
+/// turns on the same cache lines. Dropped, the cache adds its parts into the shared series.
 #[derive(Debug)]
-pub(crate) struct SlotCache<S> {
-    by_id: Vec<Option<CachedSlot<S>>>,
+pub(crate) struct SlotCache<S: Absorb> {
+    by_id: Vec<Option<CachedPart<S>>>,
 }
 
 #[derive(Debug)]
-struct CachedSlot<S> {
-    slot: Arc<S>,
+struct CachedPart<S> {
+    slot: Arc<Slot<S>>,
+    part: Arc<S>,
     /// The slot is [`OTHER`]'s: each use is counted as a folded value.
     folded: bool,
 }
 
-impl<S> Default for SlotCache<S> {
+impl<S: Absorb> Default for SlotCache<S> {
     fn default() -> Self {
         SlotCache { by_id: Vec::new() }
     }
 }
 
-impl<S> SlotCache<S> {
-    /// The slot of `value` (interned as `id`) among `slots`; `None` for a value without an
-    /// id, which the caller looks up itself.
+impl<S: Absorb> Drop for SlotCache<S> {
+    fn drop(&mut self) {
+        for cached in self.by_id.iter().flatten() {
+            cached.slot.retire_part(&cached.part, S::absorb);
+        }
+    }
+}
+
+impl<S: Absorb> SlotCache<S> {
+    /// This shard's part of the slot of `value` (interned as `id`) among `slots`; `None` for
+    /// a value without an id, which the caller looks up itself.
     #[inline]
     fn get(
         &mut self,
         id: Option<u32>,
         slots: &LabelSlots<S>,
         value: &str,
-        make: impl FnOnce() -> S,
+        make: impl Fn() -> S,
     ) -> Option<&S> {
         let index = id? as usize;
         if self.by_id.get(index).is_none_or(Option::is_none) {
@@ -286,24 +358,20 @@ impl<S> SlotCache<S> {
         if cached.folded {
             slots.count_folded(1);
         }
-        Some(&cached.slot)
+        Some(&cached.part)
     }
 
     #[cold]
-    fn fill(&mut self, index: usize, slots: &LabelSlots<S>, value: &str, make: impl FnOnce() -> S) {
+    fn fill(&mut self, index: usize, slots: &LabelSlots<S>, value: &str, make: impl Fn() -> S) {
         if self.by_id.len() <= index {
             self.by_id.resize_with(index + 1, || None);
         }
-        self.by_id[index] = Some(match slots.slot(value, make) {
-            Some(slot) => CachedSlot {
-                slot,
-                folded: false,
-            },
-            None => CachedSlot {
-                slot: Arc::clone(slots.other()),
-                folded: true,
-            },
-        });
+        let (slot, folded) = match slots.slot(value, &make) {
+            Some(slot) => (slot, false),
+            None => (Arc::clone(slots.other()), true),
+        };
+        let part = slot.new_part(make);
+        self.by_id[index] = Some(CachedPart { slot, part, folded });
     }
 }
 
@@ -395,7 +463,7 @@ impl PipelineSeries {
         let buckets = &self.config.buckets;
         let make = || EventSlot::new(buckets);
         match cache.get(id, &self.events, name, make) {
-            Some(slot) => slot.add(figures),
+            Some(part) => part.add_alone(figures),
             None => self.events.with(name, make, |slot| slot.add(figures)),
         }
     }
@@ -413,7 +481,7 @@ impl PipelineSeries {
         let buckets = &self.config.buckets;
         let make = || OperationSlot::new(buckets);
         match cache.get(id, &self.operations, operation, make) {
-            Some(slot) => slot.add(figures),
+            Some(part) => part.add_alone(figures),
             None => self
                 .operations
                 .with(operation, make, |slot| slot.add(figures)),
@@ -440,21 +508,24 @@ impl PipelineSeries {
             Vec::new(),
         );
         self.events.for_each(|name, slot| {
-            for (status, histogram) in STATUSES.iter().zip(&slot.duration) {
-                let h = histogram.snapshot();
-                if h.count() > 0 {
-                    duration.series.push(SeriesSnapshot {
-                        labels: vec![
-                            ("event_name", Arc::clone(name)),
-                            ("status", Arc::from(*status)),
-                        ],
-                        value: Value::Histogram(h),
-                    });
+            slot.read(|shared, parts| {
+                let all = || std::iter::once(shared).chain(parts.iter().map(|p| &**p));
+                for (i, status) in STATUSES.iter().enumerate() {
+                    let h = Histogram::snapshot_of(all().map(|s| &s.duration[i]));
+                    if h.count() > 0 {
+                        duration.series.push(SeriesSnapshot {
+                            labels: vec![
+                                ("event_name", Arc::clone(name)),
+                                ("status", Arc::from(*status)),
+                            ],
+                            value: Value::Histogram(h),
+                        });
+                    }
                 }
-            }
-            retries.series.push(SeriesSnapshot {
-                labels: vec![("event_name", Arc::clone(name))],
-                value: Value::Counter(slot.retries.get()),
+                retries.series.push(SeriesSnapshot {
+                    labels: vec![("event_name", Arc::clone(name))],
+                    value: Value::Counter(total(all().map(|s| &s.retries))),
+                });
             });
         });
 
@@ -477,31 +548,36 @@ impl PipelineSeries {
             Vec::new(),
         );
         self.operations.for_each(|op, slot| {
-            for (direction, counter) in [("sent", &slot.sent), ("received", &slot.received)] {
-                bytes.series.push(SeriesSnapshot {
-                    labels: vec![
-                        ("direction", Arc::from(direction)),
-                        ("operation", Arc::clone(op)),
-                    ],
-                    value: Value::Counter(counter.get()),
-                });
-            }
-            latency.series.push(SeriesSnapshot {
-                labels: vec![("operation", Arc::clone(op))],
-                value: Value::Histogram(slot.latency.snapshot()),
-            });
-            for (status, counter) in STATUSES.iter().zip(&slot.operations) {
-                let n = counter.get();
-                if n > 0 {
-                    operations.series.push(SeriesSnapshot {
+            slot.read(|shared, parts| {
+                let all = || std::iter::once(shared).chain(parts.iter().map(|p| &**p));
+                let sent = total(all().map(|s| &s.sent));
+                let received = total(all().map(|s| &s.received));
+                for (direction, n) in [("sent", sent), ("received", received)] {
+                    bytes.series.push(SeriesSnapshot {
                         labels: vec![
+                            ("direction", Arc::from(direction)),
                             ("operation", Arc::clone(op)),
-                            ("status", Arc::from(*status)),
                         ],
                         value: Value::Counter(n),
                     });
                 }
-            }
+                latency.series.push(SeriesSnapshot {
+                    labels: vec![("operation", Arc::clone(op))],
+                    value: Value::Histogram(Histogram::snapshot_of(all().map(|s| &s.latency))),
+                });
+                for (i, status) in STATUSES.iter().take(2).enumerate() {
+                    let n = total(all().map(|s| &s.operations[i]));
+                    if n > 0 {
+                        operations.series.push(SeriesSnapshot {
+                            labels: vec![
+                                ("operation", Arc::clone(op)),
+                                ("status", Arc::from(*status)),
+                            ],
+                            value: Value::Counter(n),
+                        });
+                    }
+                }
+            });
         });
         let mut families = vec![duration, retries, bytes, latency, operations];
         for family in &mut families {
@@ -670,6 +746,63 @@ pub(crate) mod tests {
 
     fn labels(s: &SeriesSnapshot) -> Vec<(&str, &str)> {
         s.labels.iter().map(|(k, v)| (*k, &**v)).collect()
+    }
+
+    /// The `{event_name, status}` duration histogram and the retry counter of `name`.
+    fn event_figures(series: &PipelineSeries, name: &str) -> (u64, f64, u64) {
+        let families = series.snapshot(None);
+        let (mut count, mut sum) = (0, 0.0);
+        for s in &family(&families, "event_duration_seconds").series {
+            if let (true, Value::Histogram(h)) = (&*s.labels[0].1 == name, &s.value) {
+                count += h.count();
+                sum += h.sum;
+            }
+        }
+        let retries = family(&families, "event_retries")
+            .series
+            .iter()
+            .find(|s| &*s.labels[0].1 == name)
+            .map_or(0, |s| match s.value {
+                Value::Counter(n) => n,
+                _ => panic!("not a counter"),
+            });
+        (count, sum, retries)
+    }
+
+    #[test]
+    fn shard_parts_add_up_with_the_shared_series_and_go_back_into_it_when_dropped() {
+        let series = PipelineSeries::new(SeriesConfig::default());
+        let figures = |millis, retries| EventFigures {
+            status: Status::Completed,
+            duration: Duration::from_millis(millis),
+            retries,
+        };
+        let mut first = SlotCache::default();
+        let mut second = SlotCache::default();
+        // Two shards that interned "load" under different ids, and one record published
+        // the ordinary way.
+        series.record_event_at(&mut first, Some(0), "load", figures(1000, 1));
+        series.record_event_at(&mut first, Some(0), "load", figures(500, 0));
+        series.record_event_at(&mut second, Some(7), "load", figures(250, 2));
+        series.record_event(event("load", Status::Completed, 125, 0).borrowed());
+        // A name without an id goes to the shared series.
+        series.record_event_at(&mut second, None, "load", figures(125, 0));
+        assert_eq!(event_figures(&series, "load"), (5, 2.0, 3));
+
+        let parts = |series: &PipelineSeries| {
+            let mut n = 0;
+            series
+                .events
+                .for_each(|_, slot| slot.read(|_, parts| n += parts.len()));
+            n
+        };
+        assert_eq!(parts(&series), 2);
+        drop(first);
+        assert_eq!(parts(&series), 1);
+        assert_eq!(event_figures(&series, "load"), (5, 2.0, 3));
+        drop(second);
+        assert_eq!(parts(&series), 0);
+        assert_eq!(event_figures(&series, "load"), (5, 2.0, 3));
     }
 
     #[test]
