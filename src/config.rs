@@ -66,9 +66,9 @@ impl TelemetryConfig {
     /// How many finished records each publisher's queue holds (default
     /// [`DEFAULT_QUEUE_CAPACITY`], at least 1). When a publisher falls this far behind, further
     /// records are dropped for it and counted rather than making the caller wait. Records reach
-    /// the queue in batches of up to 64 (never more than this capacity) gathered per shard, and
+    /// the queue in batches of up to 256 (never more than this capacity) gathered per shard, and
     /// within about a millisecond when the pipeline goes quiet; flush hands over every batch.
-    /// While a publisher is attached, each recorder also keeps up to about 2.4 MiB of emptied
+    /// While a publisher is attached, each recorder also keeps up to about 2.5 MiB of emptied
     /// batch buffers for reuse (reusing them at once would make the recording thread write
     /// memory the delivery thread's core has just read).
     pub fn queue_capacity(mut self, records: usize) -> Self {

@@ -99,10 +99,10 @@ impl<R> Spares<R> {
         spare.unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
-    /// Gives an emptied buffer back; past the depth and a batch's worth more, it is freed.
+    /// Gives an emptied buffer back; past the depth and a few more, it is freed.
     fn give(&self, mut buffer: Vec<R>) {
         buffer.clear();
-        let bound = Self::depth(buffer.capacity()) + 64;
+        let bound = Self::depth(buffer.capacity()) + 16;
         let mut spares = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if spares.len() < bound {
             spares.push_back(buffer);
@@ -588,7 +588,7 @@ mod tests {
         for _ in 0..1000 {
             spares.give(Vec::with_capacity(capacity));
         }
-        assert_eq!(spares.0.lock().unwrap().len(), depth + 64);
+        assert_eq!(spares.0.lock().unwrap().len(), depth + 16);
     }
 
     #[test]
