@@ -165,12 +165,21 @@ def num(v, digits=0):
     return "—" if v is None else f"{v:,.{digits}f}"
 
 # Machine, versions.
-cpu = "unknown"
+# Virtual machines often name the CPU only "AMD EPYC": family and model tell its generation.
+cpu, cpu_ids = "unknown", {}
 with open("/proc/cpuinfo") as f:
     for line in f:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and cpu == "unknown":
+            cpu = value.strip()
+        elif key in ("cpu family", "model") and key not in cpu_ids:
+            cpu_ids[key] = value.strip()
+        elif not line.strip():
             break
+cpu_generation = (
+    f" (family {cpu_ids.get('cpu family', '?')}, model {cpu_ids.get('model', '?')})" if cpu_ids else ""
+)
 nproc = os.cpu_count()
 def run(*args):
     try:
@@ -270,7 +279,7 @@ p("")
 p("| | |")
 p("| --- | --- |")
 p(f"| command | `{command}` |")
-p(f"| machine | `nproc` = {nproc}, CPU \"{cpu}\", Linux {kernel} |")
+p(f"| machine | `nproc` = {nproc}, CPU \"{cpu}\"{cpu_generation}, Linux {kernel} |")
 p(f"| load average (1 min) during the run | {load_line}: the machine is shared, other builds may run |")
 p(f"| code | commit {commit}{dirty}, {rustc}, `[profile.bench]` |")
 p(f"| crates | {version_line} |")
