@@ -8,9 +8,10 @@
 //!   peers that is the code a publisher built on them would run: labels made from the record,
 //!   looked up, updated.
 //! * `prom_pipeline/*`: a start/end pair through `Telemetry` with the publisher attached,
-//!   end to end: the timed region ends when the publisher's delivery thread has aggregated
-//!   every record (a flush), so it is the sustained cost, not just the enqueue; with a publisher
-//!   that does nothing for reference.
+//!   end to end: the Prometheus publisher's series are aggregated on the recording thread, and
+//!   the timed region includes a flush every few thousand pairs, so it is the sustained cost;
+//!   with a queued publisher that does nothing, for reference (its delivery thread converts
+//!   every record).
 //! * `prom_scrape/*`: one rendering of the exposition holding 100 event names x 2 statuses and
 //!   10 operations (14 buckets), in each format, and ours gzip-compressed as the endpoint sends
 //!   it when asked. Sizes print in the summary.
