@@ -236,7 +236,9 @@ fn main() {
         }
         let base = baseline.unwrap_or(m);
         let cpu_text = match (cpu, cpu_baseline) {
-            (Some(c), Some(b)) => format!("cpu median {c:>6.1} ns ({:+.1}%)", (c / b - 1.0) * 100.0),
+            (Some(c), Some(b)) => {
+                format!("cpu median {c:>6.1} ns ({:+.1}%)", (c / b - 1.0) * 100.0)
+            }
             _ => "cpu n/a".to_owned(),
         };
         println!(

@@ -384,7 +384,7 @@ impl Record for EventRecord {
     ) {
         let figures = crate::series::EventFigures {
             status: self.status,
-            duration: Duration::from_nanos(self.duration_ns),
+            duration_ns: self.duration_ns,
             retries: self.retry_count,
         };
         let name = &self.event_name;

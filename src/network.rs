@@ -331,7 +331,7 @@ impl Record for NetworkRecord {
         names: &crate::store::Interner,
     ) {
         let figures = crate::series::OperationFigures {
-            latency: Duration::from_nanos(self.duration_ns),
+            latency_ns: self.duration_ns,
             sent: self.bytes_sent,
             received: self.bytes_received,
             failed: self.error.is_some(),

@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The buckets of the original (Python `prometheus_client`'s defaults), in seconds; `+Inf` is
 /// implicit.
@@ -28,51 +27,72 @@ pub(crate) fn check_buckets(bounds: &[f64]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Bucket bounds in the two forms a histogram needs: seconds for the exposition, and whole
+/// nanoseconds to find a duration's bucket without converting it to a float.
+#[derive(Debug, Clone)]
+pub(crate) struct Bounds {
+    seconds: Arc<[f64]>,
+    /// Each bound rounded to the nearest nanosecond: 0.005 s is 5,000,000 ns whatever the
+    /// binary form of 0.005. Durations are whole nanoseconds, so a duration is at most a bound
+    /// exactly when it is at most that bound's nanoseconds.
+    nanos: Arc<[u64]>,
+}
+
+impl Bounds {
+    /// Bounds in seconds, checked with [`check_buckets`] (finite, not negative).
+    pub(crate) fn new(seconds: Arc<[f64]>) -> Self {
+        // `as` saturates: a bound beyond u64::MAX nanoseconds (584 years) holds every duration.
+        let nanos = seconds.iter().map(|s| (s * 1e9).round() as u64).collect();
+        Bounds { seconds, nanos }
+    }
+}
+
 /// One histogram series: a count per bucket (not cumulative) and the sum in nanoseconds.
 ///
 /// The count is the sum of the bucket counts, so a snapshot is always consistent with its
 /// buckets; the sum is exact to the nanosecond.
 #[derive(Debug)]
 pub(crate) struct Histogram {
-    bounds: Arc<[f64]>,
+    bounds: Bounds,
     /// One per bound, plus the `+Inf` bucket.
     counts: Box<[AtomicU64]>,
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
-    pub(crate) fn new(bounds: Arc<[f64]>) -> Self {
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+    pub(crate) fn new(bounds: &Bounds) -> Self {
+        let counts = (0..=bounds.nanos.len())
+            .map(|_| AtomicU64::new(0))
+            .collect();
         Histogram {
-            bounds,
+            bounds: bounds.clone(),
             counts,
             sum_nanos: AtomicU64::new(0),
         }
     }
 
-    /// Records one observation: two atomic additions.
+    /// Records one observation of `nanos` nanoseconds: two atomic additions.
     #[inline]
-    pub(crate) fn observe(&self, value: Duration) {
-        self.counts[self.bucket(value)].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(crate::record::nanos(value), Ordering::Relaxed);
+    pub(crate) fn observe(&self, nanos: u64) {
+        self.counts[self.bucket(nanos)].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    /// Records one observation into a histogram only one thread at a time writes (a store
-    /// shard's part, under the shard's lock): two plain stores, no atomic addition.
+    /// Records one observation of `nanos` nanoseconds into a histogram only one thread at a
+    /// time writes (a store shard's part, under the shard's lock): two plain stores, no atomic
+    /// addition.
     #[inline]
-    pub(crate) fn observe_alone(&self, value: Duration) {
-        add_alone(&self.counts[self.bucket(value)], 1);
-        add_alone(&self.sum_nanos, crate::record::nanos(value));
+    pub(crate) fn observe_alone(&self, nanos: u64) {
+        add_alone(&self.counts[self.bucket(nanos)], 1);
+        add_alone(&self.sum_nanos, nanos);
     }
 
     #[inline]
-    fn bucket(&self, value: Duration) -> usize {
-        let seconds = value.as_secs_f64();
+    fn bucket(&self, nanos: u64) -> usize {
         // The first bucket whose bound is >= the value (bounds are inclusive upper limits).
-        // The standard library's binary search is branchless, so random values cost no
-        // mispredictions.
-        self.bounds.partition_point(|bound| *bound < seconds)
+        // Integers: no float conversion on the recording thread. The standard library's
+        // binary search is branchless, so random values cost no mispredictions.
+        self.bounds.nanos.partition_point(|&bound| bound < nanos)
     }
 
     /// Adds what `other` (same bounds) holds.
@@ -96,7 +116,7 @@ impl Histogram {
         let mut parts = parts.into_iter().peekable();
         let bounds = parts
             .peek()
-            .map_or_else(|| Arc::from(&[][..]), |h| Arc::clone(&h.bounds));
+            .map_or_else(|| Arc::from(&[][..]), |h| Arc::clone(&h.bounds.seconds));
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum_nanos = 0u64;
         for part in parts {
@@ -149,18 +169,20 @@ impl HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::nanos;
+    use std::time::Duration;
 
     fn histogram() -> Histogram {
-        Histogram::new(Arc::from(&DEFAULT_BUCKETS[..]))
+        Histogram::new(&Bounds::new(Arc::from(&DEFAULT_BUCKETS[..])))
     }
 
     #[test]
     fn bounds_are_inclusive_and_cumulative_counts_end_with_the_total() {
         let h = histogram();
-        h.observe(Duration::from_millis(5)); // le 0.005
-        h.observe(Duration::from_micros(5001)); // le 0.01
-        h.observe(Duration::from_millis(1500)); // le 2.5
-        h.observe(Duration::from_secs(60)); // +Inf only
+        h.observe(nanos(Duration::from_millis(5))); // le 0.005
+        h.observe(nanos(Duration::from_micros(5001))); // le 0.01
+        h.observe(nanos(Duration::from_millis(1500))); // le 2.5
+        h.observe(nanos(Duration::from_secs(60))); // +Inf only
         let s = h.snapshot();
         assert_eq!(s.cumulative.len(), 15);
         assert_eq!(s.cumulative[0], 1);
@@ -173,9 +195,25 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_equal_to_a_bound_counts_in_it_whatever_the_bound_s_binary_form() {
+        // No bound here has an exact binary form: 0.00013 * 1e9 is 129,999.99999999999 in
+        // floats, and 0.1 * 3 is 0.30000000000000004.
+        let bounds = Bounds::new(Arc::from(&[0.00013, 0.1, 0.1 * 3.0, 0.7, 1e12][..]));
+        let h = Histogram::new(&bounds);
+        h.observe(130_000); // le 0.00013
+        h.observe(100_000_000); // le 0.1
+        h.observe(100_000_001); // le 0.3
+        h.observe(300_000_000); // le 0.3: the bound rounds to the nearest nanosecond
+        h.observe(700_000_000); // le 0.7
+        h.observe(u64::MAX); // le 1e12: past u64 nanoseconds, the bound holds everything
+        let s = h.snapshot();
+        assert_eq!(s.cumulative, vec![1, 2, 4, 5, 6, 6]);
+    }
+
+    #[test]
     fn sum_is_exact_for_the_hand_built_event() {
         let h = histogram();
-        h.observe(Duration::from_millis(1500));
+        h.observe(nanos(Duration::from_millis(1500)));
         assert_eq!(h.snapshot().sum, 1.5);
     }
 

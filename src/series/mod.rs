@@ -48,8 +48,8 @@ mod labels;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
+use histogram::Bounds;
 pub(crate) use histogram::{check_buckets, HistogramSnapshot, DEFAULT_BUCKETS};
 pub(crate) use labels::OTHER;
 
@@ -202,16 +202,16 @@ pub(crate) struct EventSlot {
 }
 
 impl EventSlot {
-    fn new(buckets: &Arc<[f64]>) -> Self {
+    fn new(bounds: &Bounds) -> Self {
         EventSlot {
-            duration: std::array::from_fn(|_| Histogram::new(Arc::clone(buckets))),
+            duration: std::array::from_fn(|_| Histogram::new(bounds)),
             retries: Counter::default(),
         }
     }
 
     #[inline]
     fn add(&self, figures: EventFigures) {
-        self.duration[status_index(figures.status)].observe(figures.duration);
+        self.duration[status_index(figures.status)].observe(figures.duration_ns);
         if figures.retries > 0 {
             self.retries.add(u64::from(figures.retries));
         }
@@ -220,7 +220,7 @@ impl EventSlot {
     /// [`EventSlot::add`] for a part only one thread at a time writes.
     #[inline]
     fn add_alone(&self, figures: EventFigures) {
-        self.duration[status_index(figures.status)].observe_alone(figures.duration);
+        self.duration[status_index(figures.status)].observe_alone(figures.duration_ns);
         if figures.retries > 0 {
             self.retries.add_alone(u64::from(figures.retries));
         }
@@ -240,14 +240,14 @@ impl Absorb for EventSlot {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EventFigures {
     pub(crate) status: Status,
-    pub(crate) duration: Duration,
+    pub(crate) duration_ns: u64,
     pub(crate) retries: u32,
 }
 
 /// What a finished network operation adds to its series.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OperationFigures {
-    pub(crate) latency: Duration,
+    pub(crate) latency_ns: u64,
     pub(crate) sent: u64,
     pub(crate) received: u64,
     pub(crate) failed: bool,
@@ -264,11 +264,11 @@ pub(crate) struct OperationSlot {
 }
 
 impl OperationSlot {
-    fn new(buckets: &Arc<[f64]>) -> Self {
+    fn new(bounds: &Bounds) -> Self {
         OperationSlot {
             sent: Counter::default(),
             received: Counter::default(),
-            latency: Histogram::new(Arc::clone(buckets)),
+            latency: Histogram::new(bounds),
             operations: Default::default(),
         }
     }
@@ -277,7 +277,7 @@ impl OperationSlot {
     fn add(&self, figures: OperationFigures) {
         self.sent.add(figures.sent);
         self.received.add(figures.received);
-        self.latency.observe(figures.latency);
+        self.latency.observe(figures.latency_ns);
         self.operations[usize::from(figures.failed)].add(1);
     }
 
@@ -286,7 +286,7 @@ impl OperationSlot {
     fn add_alone(&self, figures: OperationFigures) {
         self.sent.add_alone(figures.sent);
         self.received.add_alone(figures.received);
-        self.latency.observe_alone(figures.latency);
+        self.latency.observe_alone(figures.latency_ns);
         self.operations[usize::from(figures.failed)].add_alone(1);
     }
 }
@@ -379,6 +379,8 @@ impl<S: Absorb> SlotCache<S> {
 #[derive(Debug)]
 pub(crate) struct PipelineSeries {
     config: SeriesConfig,
+    /// `config.buckets` in the form the histograms use.
+    bounds: Bounds,
     events: LabelSlots<EventSlot>,
     operations: LabelSlots<OperationSlot>,
     /// The pipeline the series come from, once attached: read at each snapshot for the
@@ -389,9 +391,11 @@ pub(crate) struct PipelineSeries {
 impl PipelineSeries {
     pub(crate) fn new(config: SeriesConfig) -> Self {
         let cap = config.max_label_values.clamp(1, MAX_LABEL_VALUES_LIMIT);
+        let bounds = Bounds::new(Arc::clone(&config.buckets));
         PipelineSeries {
-            events: LabelSlots::new("event_name", cap, EventSlot::new(&config.buckets)),
-            operations: LabelSlots::new("operation", cap, OperationSlot::new(&config.buckets)),
+            events: LabelSlots::new("event_name", cap, EventSlot::new(&bounds)),
+            operations: LabelSlots::new("operation", cap, OperationSlot::new(&bounds)),
+            bounds,
             config,
             health: RwLock::new(None),
         }
@@ -419,13 +423,13 @@ impl PipelineSeries {
     pub(crate) fn record_event(&self, event: EventRef<'_>) {
         let figures = EventFigures {
             status: event.status,
-            duration: event.duration(),
+            duration_ns: crate::record::nanos(event.duration()),
             retries: event.retry_count,
         };
-        let buckets = &self.config.buckets;
+        let bounds = &self.bounds;
         self.events.with(
             event.event_name,
-            || EventSlot::new(buckets),
+            || EventSlot::new(bounds),
             |slot| slot.add(figures),
         );
     }
@@ -435,15 +439,15 @@ impl PipelineSeries {
     #[inline]
     pub(crate) fn record_network(&self, op: NetworkRef<'_>) {
         let figures = OperationFigures {
-            latency: op.latency(),
+            latency_ns: crate::record::nanos(op.latency()),
             sent: op.bytes_sent,
             received: op.bytes_received,
             failed: op.is_failed(),
         };
-        let buckets = &self.config.buckets;
+        let bounds = &self.bounds;
         self.operations.with(
             op.operation,
-            || OperationSlot::new(buckets),
+            || OperationSlot::new(bounds),
             |slot| slot.add(figures),
         );
     }
@@ -460,8 +464,8 @@ impl PipelineSeries {
         name: &str,
         figures: EventFigures,
     ) {
-        let buckets = &self.config.buckets;
-        let make = || EventSlot::new(buckets);
+        let bounds = &self.bounds;
+        let make = || EventSlot::new(bounds);
         match cache.get(id, &self.events, name, make) {
             Some(part) => part.add_alone(figures),
             None => self.events.with(name, make, |slot| slot.add(figures)),
@@ -478,8 +482,8 @@ impl PipelineSeries {
         operation: &str,
         figures: OperationFigures,
     ) {
-        let buckets = &self.config.buckets;
-        let make = || OperationSlot::new(buckets);
+        let bounds = &self.bounds;
+        let make = || OperationSlot::new(bounds);
         match cache.get(id, &self.operations, operation, make) {
             Some(part) => part.add_alone(figures),
             None => self
@@ -772,9 +776,9 @@ pub(crate) mod tests {
     #[test]
     fn shard_parts_add_up_with_the_shared_series_and_go_back_into_it_when_dropped() {
         let series = PipelineSeries::new(SeriesConfig::default());
-        let figures = |millis, retries| EventFigures {
+        let figures = |millis: u64, retries| EventFigures {
             status: Status::Completed,
-            duration: Duration::from_millis(millis),
+            duration_ns: millis * 1_000_000,
             retries,
         };
         let mut first = SlotCache::default();
