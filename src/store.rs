@@ -782,10 +782,10 @@ impl<R: Record> Store<R> {
                 claims.release(hash, index);
             }
         }
-        drop(evicted);
         if let Some(steal) = steal {
             self.evict_elsewhere(steal);
         }
+        // `evicted` is dropped here, in place: `drop(evicted)` would first copy both records.
         Ok(())
     }
 
