@@ -243,7 +243,7 @@ impl<R: Record> Shard<R> {
             if self.evict_from == at.index {
                 let mut done = 0;
                 for slot in evicted.iter_mut().take(due) {
-                    *slot = self.evict_oldest();
+                    self.evict_oldest_into(slot);
                     done += usize::from(slot.is_some());
                 }
                 // Nothing (or too little) here to evict: over by that much until trimmed.
@@ -308,7 +308,18 @@ impl<R: Record> Shard<R> {
 
     /// Evicts this shard's oldest record, if it has one.
     fn evict_oldest(&mut self) -> Option<R> {
-        let oldest = self.finished.pop_front()?;
+        let mut oldest = None;
+        self.evict_oldest_into(&mut oldest);
+        oldest
+    }
+
+    /// Evicts this shard's oldest record into `slot` (`None` if the shard has none). Written
+    /// in place: returning the record and storing it would copy it once more.
+    fn evict_oldest_into(&mut self, slot: &mut Option<R>) {
+        *slot = self.finished.pop_front();
+        let Some(oldest) = slot else {
+            return;
+        };
         let seq = self.first_seq;
         self.first_seq += 1;
         if let Some(index) = &mut self.index {
@@ -317,7 +328,6 @@ impl<R: Record> Shard<R> {
                 entry.remove();
             }
         }
-        Some(oldest)
     }
 }
 
