@@ -72,24 +72,37 @@ impl Interner {
         &self.names
     }
 
+    /// The name as a record holds it: its interned index, found without hashing when it is
+    /// short and was seen lately (inlined into the recording path, as it runs on every start).
+    #[inline]
     pub(crate) fn get(&mut self, name: &str) -> Name {
         let Some(key) = ShortKey::of(name.as_bytes()) else {
             return self.find_or_add(name);
         };
         let at = key.slot();
+        if let Some(short) = &self.short {
+            if short[at].key == key {
+                return Name::Shared(short[at].id);
+            }
+        }
+        self.short_miss(name, key, at)
+    }
+
+    /// A short name not in its slot of the short-name table: found or added, then put there.
+    #[cold]
+    #[inline(never)]
+    fn short_miss(&mut self, name: &str, key: ShortKey, at: usize) -> Name {
+        let found = self.find_or_add(name);
         let short = self
             .short
             .get_or_insert_with(|| Box::new([ShortSlot::default(); SHORT_SLOTS]));
-        if short[at].key == key {
-            return Name::Shared(short[at].id);
-        }
-        let found = self.find_or_add(name);
-        if let (Name::Shared(id), Some(short)) = (&found, &mut self.short) {
-            short[at] = ShortSlot { key, id: *id };
+        if let Name::Shared(id) = found {
+            short[at] = ShortSlot { key, id };
         }
         found
     }
 
+    #[inline(never)]
     fn find_or_add(&mut self, name: &str) -> Name {
         let state = foldhash::fast::FixedState::default();
         let hash = state.hash_one(name);
