@@ -45,7 +45,7 @@
 //!
 //! `PEERS_BENCH_DRIVE=<contender>,<string|static>,<prefill>,<events>` instead runs a plain
 //! driver without criterion: `<prefill>` events, then `<events>` events inside
-//! `driven_events` on one thread, then prints wall time per event and the peak RSS (`VmHWM`).
+//! `measured_events` on one thread, then prints wall time per event and the peak RSS (`VmHWM`).
 //! `scripts/bench.sh` runs it under callgrind (instructions per event, by difference of two
 //! event counts, less those of the `harness` contender, which records nothing) and for peak
 //! memory after 1,000,000 events.
@@ -726,6 +726,18 @@ fn driven_events<L: Label, C: Contender<L>>(c: &C, ids: &mut Ids, events: usize,
     }
 }
 
+/// The driver's measured events, apart from the prefill: `scripts/bench.sh` counts the calling
+/// thread's instructions inside this function (`valgrind --toggle-collect='*measured_events*'`).
+#[inline(never)]
+fn measured_events<L: Label, C: Contender<L>>(
+    c: &C,
+    ids: &mut Ids,
+    events: usize,
+    next: &mut usize,
+) {
+    driven_events::<L, C>(c, ids, events, next);
+}
+
 /// Criterion's timing of `iters` events on one thread.
 fn time_1t<L: Label, C: Contender<L>>(
     c: &C,
@@ -1023,7 +1035,7 @@ fn drive_with<L: Label, C: Contender<L>>(c: &C, prefill: usize, events: usize) {
     let mut next = 0;
     driven_events::<L, C>(c, &mut ids, prefill, &mut next);
     let start = Instant::now();
-    driven_events::<L, C>(c, &mut ids, events, &mut next);
+    measured_events::<L, C>(c, &mut ids, events, &mut next);
     let elapsed = start.elapsed();
     println!(
         "drive events={events} prefill={prefill} wall_ns_per_event={:.1} peak_rss_kib={}",

@@ -12,8 +12,9 @@
 # Steps: one build of the `peers` and `memory` bench binaries (bench profile); the criterion
 # groups of benches/peers.rs (ns per event on 1 thread with String and &'static str labels,
 # 2-thread throughput, retention scaling, scrapes, floors); the driver mode of benches/peers.rs
-# under callgrind (instructions per event, by difference of two event counts, all threads
-# counted) and alone for the peak RSS after 1,000,000 events; benches/memory.rs for the bytes
+# under callgrind (instructions per event: the recording thread inside the measured events,
+# and all threads by difference of two event counts) and alone for the peak RSS after
+# 1,000,000 events; benches/memory.rs for the bytes
 # per retained record. Then one table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ write=0
 for arg in "$@"; do
   case "$arg" in
     --write) write=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "scripts/bench.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -96,6 +97,7 @@ prefill_for() {
 
 # ---- instructions per event (callgrind) ------------------------------------------------------
 : > "$work/callgrind.txt"
+: > "$work/callgrind-thread.txt"
 if [ "${BENCH_NO_CALLGRIND:-0}" != 1 ]; then
   if ! command -v valgrind > /dev/null; then
     log "valgrind missing: apt-get install -y valgrind (instruction counts skipped)"
@@ -110,6 +112,13 @@ if [ "${BENCH_NO_CALLGRIND:-0}" != 1 ]; then
             | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1)
           echo "$c $mode $n ${ir:-0}" >> "$work/callgrind.txt"
         done
+        # The recording thread alone, inside the measured events only: the same count every run.
+        log "callgrind $c $mode $large events, recording thread"
+        ir=$(PEERS_BENCH_DRIVE="$c,$mode,$(prefill_for "$c"),$large" \
+          valgrind --tool=callgrind --callgrind-out-file=/dev/null --collect-atstart=no \
+            --toggle-collect='*measured_events*' "$peers" 2>&1 \
+          | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1)
+        echo "$c $mode $large ${ir:-0}" >> "$work/callgrind-thread.txt"
       done
     done
   fi
@@ -222,6 +231,18 @@ harness = {mode: ir.pop(("harness", mode), None) for mode in ("string", "static"
 for (c, mode) in list(ir):
     if harness[mode] is not None:
         ir[(c, mode)] -= harness[mode]
+# The recording thread alone (one run each, inside `measured_events`), net of the harness too.
+ir_thread = {}
+thread_events = 0
+with open(os.path.join(work, "callgrind-thread.txt")) as f:
+    for c, mode, n, collected in (l.split() for l in f if l.strip()):
+        if int(collected):
+            ir_thread[(c, mode)] = int(collected) / int(n)
+            thread_events = int(n)
+harness_thread = {mode: ir_thread.pop(("harness", mode), None) for mode in ("string", "static")}
+for (c, mode) in list(ir_thread):
+    if harness_thread[mode] is not None:
+        ir_thread[(c, mode)] -= harness_thread[mode]
 
 # Peak RSS.
 rss = {}
@@ -288,25 +309,31 @@ p("Recording, per event (one pipeline event + its network operation; criterion m
   "Ratios: to this library (`× ours`) and to the floor (`× floor`).")
 p("")
 p("| contender | 1 thread, `String` labels | × ours | × floor | 1 thread, `&'static str` | × ours | × floor "
-  "| 2 threads, events/s | × ours | instructions / event (`String`) | × ours | peak RSS growth after 1M events |")
-p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+  "| 2 threads, events/s | × ours | instructions / event (`String`), recording thread | × ours "
+  "| instructions / event (`String`), all threads | peak RSS growth after 1M events |")
+p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for c in contenders:
     s, st = one[(c, "string")], one[(c, "static")]
-    i = ir.get((c, "string"))
+    i, t = ir.get((c, "string")), ir_thread.get((c, "string"))
     g = rss_growth(c)
     p(f"| {names[c]} | {ns(s)} | {ratio(s, ours_s)} | {ratio(s, floor_s)} | {ns(st)} | "
       f"{ratio(st, ours_st)} | {ratio(st, floor_st)} | {num(eps2[c])} | "
-      f"{ratio(eps2[c], eps2['ours'])} | {num(i)} | {ratio(i, ir.get(('ours', 'string')))} | "
-      f"{'—' if g is None else f'{g:.1f} MB'} |")
+      f"{ratio(eps2[c], eps2['ours'])} | {num(t)} | {ratio(t, ir_thread.get(('ours', 'string')))} | "
+      f"{num(i)} | {'—' if g is None else f'{g:.1f} MB'} |")
 p("")
 if harness["string"] is not None:
-    p(f"Instructions (callgrind, all threads, `valgrind --tool=callgrind`) are net of the driver's own "
-      f"{num(harness['string'])} per event with `String` labels ({num(harness['static'])} with "
-      f"`&'static str`): task ids formatted, labels cloned and dropped.")
+    p("Instructions (`valgrind --tool=callgrind`), net of the driver's own per event (task ids "
+      "formatted, labels cloned and dropped). Recording thread: the calling thread inside the "
+      "measured events only (`--toggle-collect='*measured_events*'`, one run of "
+      f"{thread_events:,} events after the prefill), the same count in every run; the driver's own: "
+      f"{num(harness_thread['string'])} (`String`), {num(harness_thread['static'])} (`&'static str`). "
+      "All threads: the difference of two whole runs of different lengths, which also counts "
+      "work a contender moves to other threads (delivery, exporters' upkeep) and moves by about "
+      f"±80 between runs; the driver's own: {num(harness['string'])} and {num(harness['static'])}.")
     p("")
-st_ir = ", ".join(f"{c} {num(ir[(c, 'static')])}" for c in contenders if (c, "static") in ir)
+st_ir = ", ".join(f"{c} {num(ir_thread[(c, 'static')])}" for c in contenders if (c, "static") in ir_thread)
 if st_ir:
-    p(f"Instructions per event with `&'static str` labels: {st_ir}.")
+    p(f"Instructions per event with `&'static str` labels, recording thread: {st_ir}.")
     p("")
 
 sizes = {}
