@@ -17,7 +17,7 @@
 //! stores rather than atomic additions, so threads recording the same names never write the
 //! same cache lines; a reading adds the parts up, and a part goes back into the slot's shared
 //! series when its shard lets it go. The price is memory: with the default 14 buckets, about
-//! 0.55 KB per event name and 0.25 KB per operation for each thread that records them.
+//! 0.6 KB per event name and 0.25 KB per operation for each thread that records them.
 //!
 //! The label-value cap bounds memory and exposition size: once a label has
 //! `max_label_values` distinct values, further values are folded into [`OTHER`] and counted in
