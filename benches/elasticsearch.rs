@@ -31,8 +31,9 @@
 //! Every figure is the median of its runs or batches; the spread (min..max over runs, or the
 //! 10th..90th percentile over batches) is printed beside it. For `end_event` the caller
 //! thread's CPU time per call is printed too (`CLOCK_THREAD_CPUTIME_ID` around each batch,
-//! median over batches): on a 2-core machine the caller shares the cores with the delivery thread,
-//! the sender and the in-process server, and the wall time includes the time it was preempted.
+//! median over batches): on a 2-core machine the caller shares the cores with the delivery
+//! thread, the sender and the in-process server, and the wall time includes the time it was
+//! preempted.
 
 #[path = "../tests/support/fake_elasticsearch.rs"]
 mod fake_elasticsearch;

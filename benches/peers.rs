@@ -46,9 +46,10 @@
 //! `PEERS_BENCH_DRIVE=<contender>,<string|static>,<prefill>,<events>` instead runs a plain
 //! driver without criterion: `<prefill>` events, then `<events>` events inside
 //! `measured_events` on one thread, then prints wall time per event and the peak RSS (`VmHWM`).
-//! `scripts/bench.sh` runs it under callgrind (instructions per event, by difference of two
-//! event counts, less those of the `harness` contender, which records nothing) and for peak
-//! memory after 1,000,000 events.
+//! `scripts/bench.sh` runs it under callgrind (instructions per event: the calling thread's
+//! inside `measured_events`, and all threads' by difference of two event counts; both less
+//! those of the `harness` contender, which records nothing) and for peak memory after
+//! 1,000,000 events.
 
 mod support;
 

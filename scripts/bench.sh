@@ -103,21 +103,25 @@ if [ "${BENCH_NO_CALLGRIND:-0}" != 1 ]; then
     log "valgrind missing: apt-get install -y valgrind (instruction counts skipped)"
   else
     if [ "$quick" = 1 ]; then small=2000; large=12000; else small=5000; large=55000; fi
+    # Instructions callgrind collected in the driver for contender $1, labels $2, $3 events
+    # after the prefill; further arguments go to valgrind.
+    collected() {
+      local c=$1 mode=$2 n=$3
+      shift 3
+      PEERS_BENCH_DRIVE="$c,$mode,$(prefill_for "$c"),$n" \
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" "$peers" 2>&1 \
+        | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1
+    }
     for c in harness "${contenders[@]}"; do
       for mode in string static; do
         for n in $small $large; do
           log "callgrind $c $mode $n events"
-          ir=$(PEERS_BENCH_DRIVE="$c,$mode,$(prefill_for "$c"),$n" \
-            valgrind --tool=callgrind --callgrind-out-file=/dev/null "$peers" 2>&1 \
-            | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1)
+          ir=$(collected "$c" "$mode" "$n")
           echo "$c $mode $n ${ir:-0}" >> "$work/callgrind.txt"
         done
         # The recording thread alone, inside the measured events only: the same count every run.
         log "callgrind $c $mode $large events, recording thread"
-        ir=$(PEERS_BENCH_DRIVE="$c,$mode,$(prefill_for "$c"),$large" \
-          valgrind --tool=callgrind --callgrind-out-file=/dev/null --collect-atstart=no \
-            --toggle-collect='*measured_events*' "$peers" 2>&1 \
-          | sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -1)
+        ir=$(collected "$c" "$mode" "$large" --collect-atstart=no --toggle-collect='*measured_events*')
         echo "$c $mode $large ${ir:-0}" >> "$work/callgrind-thread.txt"
       done
     done
@@ -226,12 +230,16 @@ for key, pts in counts.items():
     if len(pts) >= 2 and pts[0][1] and pts[-1][1]:
         (n1, i1), (n2, i2) = pts[0], pts[-1]
         ir[key] = (i2 - i1) / (n2 - n1)
-# Less what the driver itself costs per event (ids formatted, labels cloned and dropped).
-harness = {mode: ir.pop(("harness", mode), None) for mode in ("string", "static")}
-for (c, mode) in list(ir):
-    if harness[mode] is not None:
-        ir[(c, mode)] -= harness[mode]
-# The recording thread alone (one run each, inside `measured_events`), net of the harness too.
+def net_of_harness(per_event):
+    """Takes out the `harness` rows and subtracts them from the others: what the driver itself
+    costs per event (ids formatted, labels cloned and dropped). Returns the harness's own."""
+    own = {mode: per_event.pop(("harness", mode), None) for mode in ("string", "static")}
+    for (c, mode) in list(per_event):
+        if own[mode] is not None:
+            per_event[(c, mode)] -= own[mode]
+    return own
+harness = net_of_harness(ir)
+# The recording thread alone (one run each, inside `measured_events`).
 ir_thread = {}
 thread_events = 0
 with open(os.path.join(work, "callgrind-thread.txt")) as f:
@@ -239,10 +247,7 @@ with open(os.path.join(work, "callgrind-thread.txt")) as f:
         if int(collected):
             ir_thread[(c, mode)] = int(collected) / int(n)
             thread_events = int(n)
-harness_thread = {mode: ir_thread.pop(("harness", mode), None) for mode in ("string", "static")}
-for (c, mode) in list(ir_thread):
-    if harness_thread[mode] is not None:
-        ir_thread[(c, mode)] -= harness_thread[mode]
+harness_thread = net_of_harness(ir_thread)
 
 # Peak RSS.
 rss = {}
@@ -328,8 +333,8 @@ if harness["string"] is not None:
       f"{thread_events:,} events after the prefill), the same count in every run; the driver's own: "
       f"{num(harness_thread['string'])} (`String`), {num(harness_thread['static'])} (`&'static str`). "
       "All threads: the difference of two whole runs of different lengths, which also counts "
-      "work a contender moves to other threads (delivery, exporters' upkeep) and moves by about "
-      f"±80 between runs; the driver's own: {num(harness['string'])} and {num(harness['static'])}.")
+      "work a contender moves to other threads (delivery, exporters' upkeep) and moves by a few "
+      f"hundred between runs; the driver's own: {num(harness['string'])} and {num(harness['static'])}.")
     p("")
 st_ir = ", ".join(f"{c} {num(ir_thread[(c, 'static')])}" for c in contenders if (c, "static") in ir_thread)
 if st_ir:
