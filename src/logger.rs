@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, StoreKind};
-use crate::publish::worker::{Batch, Spares};
+use crate::publish::worker::{Batch, Run};
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
@@ -391,8 +391,8 @@ impl Record for EventRecord {
         series.record_event_at(cache, name.id(), name.as_str(names), figures);
     }
 
-    fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch {
-        Batch::Events(names, records, spares.clone())
+    fn batch(names: Names, records: Run<Self>) -> Batch {
+        Batch::Events(names, records)
     }
 
     fn account(totals: &mut EventTotals, finished: &Self) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::TelemetryConfig;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, StoreKind};
-use crate::publish::worker::{Batch, Spares};
+use crate::publish::worker::{Batch, Run};
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, NetworkMetrics, NetworkRecord, DEFAULT_OPERATION};
 use crate::report::NetworkCounts;
@@ -340,8 +340,8 @@ impl Record for NetworkRecord {
         series.record_network_at(cache, operation.id(), operation.as_str(names), figures);
     }
 
-    fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch {
-        Batch::Network(names, records, spares.clone())
+    fn batch(names: Names, records: Run<Self>) -> Batch {
+        Batch::Network(names, records)
     }
 
     fn account(totals: &mut NetworkCounts, finished: &Self) {

@@ -24,7 +24,6 @@
 //! so the store stays close to oldest-first however threads come and go.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,18 +34,20 @@ use hashbrown::HashTable;
 
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
-use crate::publish::worker::{Batch, Spares};
+use crate::publish::worker::{Batch, Run};
 
 mod claims;
 mod interner;
+mod ring;
 use claims::{Claims, Homes};
 pub(crate) use interner::{Interner, Name, Names};
+pub(crate) use ring::{Ring, Segment};
 
 /// A task id: short ids (up to 24 bytes) are stored inline, without an allocation.
 pub(crate) type TaskId = compact_str::CompactString;
 
 /// What a store needs from the records it keeps.
-pub(crate) trait Record: Clone + Send + 'static {
+pub(crate) trait Record: Clone + Send + Sync + 'static {
     /// Exact running totals over finished records.
     type Totals: Default + Send;
     fn task_id(&self) -> &str;
@@ -56,9 +57,8 @@ pub(crate) trait Record: Clone + Send + 'static {
     fn start_mono(&self) -> u64;
     /// Monotonic end, once ended: when the record reached its publishers' batch.
     fn end_mono(&self) -> u64;
-    /// Records of this kind as handed to publishers, with the names of their shard and the
-    /// spare buffers to give the emptied buffer back to.
-    fn batch(names: Names, records: Vec<Self>, spares: &Spares<Self>) -> Batch;
+    /// Records of this kind as handed to publishers, with the names of their shard.
+    fn batch(names: Names, records: Run<Self>) -> Batch;
     fn account(totals: &mut Self::Totals, finished: &Self);
     /// The series slot a record of this kind is aggregated into on its recording thread, for
     /// publishers that keep their series in memory.
@@ -96,6 +96,10 @@ pub(crate) const MAX_SHARDS: usize = claims::MAX_HOMES;
 const CLAIM_BUCKETS: usize = 1024;
 /// How many evictions a shard makes before it looks again at where to evict from.
 const EVICTIONS_PER_REVIEW: u32 = 64;
+/// How long (nanoseconds) a finished record waits in a shard's open segment before the
+/// delivery threads collect a copy of it; a busy shard seals and hands over its segments
+/// sooner than that.
+const COLLECT_AGE_NS: u64 = 500_000;
 /// The oldest-record mark of an empty shard.
 const EMPTY: u64 = u64::MAX;
 /// How long a shard derives wall-clock times from the monotonic clock before reading the wall
@@ -127,14 +131,12 @@ impl WallClock {
 
 struct Shard<R: Record> {
     in_flight: HashTable<R>,
-    finished: VecDeque<R>,
-    /// Sequence number of `finished[0]`; sequence numbers are this shard's, never reused.
-    first_seq: u64,
+    finished: Ring<R>,
     /// Task id → sequence number of the newest finished record with that id. Built the first
     /// time a finished record of this shard is looked up by id, and kept from then on, so
     /// recording pays for it only when the finished records are being looked up by id.
     index: Option<HashTable<u64>>,
-    /// This shard's expected share of the retention, which sizes its ring.
+    /// This shard's expected share of the retention, which sizes its ring's segments.
     share: usize,
     /// The shard this one's evictions take from: itself, or one holding much older records.
     evict_from: usize,
@@ -149,7 +151,7 @@ struct Shard<R: Record> {
 impl<R: Record> Drop for Shard<R> {
     fn drop(&mut self) {
         // Records finished before the store was cleared or dropped still reach publishers.
-        self.publishers.hand_over(&self.names);
+        self.publishers.collect(&self.names, &self.finished, None);
     }
 }
 
@@ -158,8 +160,8 @@ fn index_hash(key_hash: u32) -> u64 {
     u64::from(key_hash).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// Records a shard let go, dropped after its lock is released.
-type Evicted<R> = [Option<R>; 2];
+/// Segments a shard let go, dropped after its lock is released.
+type Freed<R> = [Option<Segment<R>>; 2];
 
 /// Where a shard is in its store: its index, and every shard's oldest-record mark.
 #[derive(Clone, Copy)]
@@ -175,24 +177,23 @@ struct Steal {
 }
 
 impl<R: Record> Shard<R> {
-    fn new(share: usize, spares: Spares<R>) -> Self {
+    fn new(share: usize) -> Self {
         Shard {
             in_flight: HashTable::new(),
-            finished: VecDeque::new(),
-            first_seq: 0,
+            finished: Ring::new(share),
             index: None,
             share,
             evict_from: usize::MAX,
             evictions_to_review: 0,
             totals: R::Totals::default(),
-            publishers: PublisherCache::new(spares),
+            publishers: PublisherCache::default(),
             names: Interner::default(),
             clock: WallClock::default(),
         }
     }
 
     fn at(&self, seq: u64) -> &R {
-        &self.finished[(seq - self.first_seq) as usize]
+        self.finished.get(seq)
     }
 
     /// The sequence number of the newest finished record with this id.
@@ -203,37 +204,38 @@ impl<R: Record> Shard<R> {
         let index = self.index.as_ref()?;
         index
             .find(index_hash(key_hash), |&seq| {
-                self.finished[(seq - self.first_seq) as usize].task_id() == task_id
+                self.finished.get(seq).task_id() == task_id
             })
             .copied()
     }
 
     fn build_index(&mut self) {
         let mut index = HashTable::with_capacity(self.finished.len());
-        let first = self.first_seq;
+        let first = self.finished.first_seq();
         for (offset, record) in self.finished.iter().enumerate() {
             let seq = first + offset as u64;
-            file(&mut index, &self.finished, first, seq, record);
+            file(&mut index, &self.finished, seq, record);
         }
         self.index = Some(index);
     }
 
-    /// Retains a finished record, putting the records it evicts to make room in `evicted` (to
-    /// be freed after the lock). When the room is to be made in another shard (see
-    /// [`Shard::review`]), returns that shard and how many of its records to evict once this
-    /// lock is released.
+    /// Retains a finished record and offers it to the publishers, evicting to make room
+    /// (segments left with no retained record go to `freed`, to be dropped after the lock).
+    /// When the room is to be made in another shard (see [`Shard::review`]), returns that shard
+    /// and how many of its records to evict once this lock is released.
     fn keep(
         &mut self,
         record: R,
         budget: &Budget,
         at: Place<'_>,
-        evicted: &mut Evicted<R>,
+        dispatcher: &Dispatcher,
+        freed: &mut Freed<R>,
     ) -> Option<Steal> {
-        if budget.limit == 0 {
-            evicted[0] = Some(record);
-            return None;
-        }
-        let due = budget.evictions_before_adding();
+        let due = if budget.limit == 0 {
+            0
+        } else {
+            budget.evictions_before_adding()
+        };
         let mut steal = None;
         if due > 0 {
             if self.evictions_to_review == 0 || self.evict_from == usize::MAX {
@@ -242,9 +244,8 @@ impl<R: Record> Shard<R> {
             self.evictions_to_review -= 1;
             if self.evict_from == at.index {
                 let mut done = 0;
-                for slot in evicted.iter_mut().take(due) {
-                    self.evict_oldest_into(slot);
-                    done += usize::from(slot.is_some());
+                for slot in freed.iter_mut().take(due) {
+                    done += usize::from(self.evict_oldest(slot));
                 }
                 // Nothing (or too little) here to evict: over by that much until trimmed.
                 budget.overshoot(due - done);
@@ -255,23 +256,17 @@ impl<R: Record> Shard<R> {
                 });
             }
         }
-        if self.finished.len() == self.finished.capacity() {
-            // Double up to the expected share, then grow by a quarter: a thread may hold far
-            // more than its share, and a ring twice the size it needs would waste a record's
-            // worth of memory per record.
-            let len = self.finished.len();
-            let step = if len < self.share {
-                len.max(8).min(self.share - len)
-            } else {
-                (len / 4).max(8)
-            };
-            self.finished.reserve_exact(step);
-        }
-        let seq = self.first_seq + self.finished.len() as u64;
-        self.finished.push_back(record);
+        let seq = self.finished.end();
+        let sealed = self.finished.push(record);
         if let Some(index) = &mut self.index {
-            let newest = &self.finished[self.finished.len() - 1];
-            file(index, &self.finished, self.first_seq, seq, newest);
+            file(index, &self.finished, seq, self.finished.get(seq));
+        }
+        self.publishers
+            .offer(dispatcher, &self.names, &self.finished, sealed);
+        if budget.limit == 0 {
+            // Retained for no query, evicted once offered (the segment it sealed, if it did,
+            // may go with it). It stays in memory until its own segment is handed over.
+            self.evict_oldest(&mut freed[0]);
         }
         steal
     }
@@ -306,40 +301,26 @@ impl<R: Record> Shard<R> {
         self.finished.front().map_or(EMPTY, Record::start_mono)
     }
 
-    /// Evicts this shard's oldest record, if it has one.
-    fn evict_oldest(&mut self) -> Option<R> {
-        let mut oldest = None;
-        self.evict_oldest_into(&mut oldest);
-        oldest
-    }
-
-    /// Evicts this shard's oldest record into `slot` (`None` if the shard has none). Written
-    /// in place: returning the record and storing it would copy it once more.
-    fn evict_oldest_into(&mut self, slot: &mut Option<R>) {
-        *slot = self.finished.pop_front();
-        let Some(oldest) = slot else {
-            return;
+    /// Evicts this shard's oldest retained record; returns whether it had one. See
+    /// [`Ring::pop_front`] for `freed`.
+    fn evict_oldest(&mut self, freed: &mut Option<Segment<R>>) -> bool {
+        let Some(oldest) = self.finished.front() else {
+            return false;
         };
-        let seq = self.first_seq;
-        self.first_seq += 1;
         if let Some(index) = &mut self.index {
             // The index may point at a newer record with the same id; then it stays.
+            let seq = self.finished.first_seq();
             if let Ok(entry) = index.find_entry(index_hash(oldest.key_hash()), |&s| s == seq) {
                 entry.remove();
             }
         }
+        self.finished.pop_front(freed)
     }
 }
 
 /// Files `record` (at `seq`) in the index, replacing an older record of the same id.
-fn file<R: Record>(
-    index: &mut HashTable<u64>,
-    finished: &VecDeque<R>,
-    first: u64,
-    seq: u64,
-    record: &R,
-) {
-    let at = |s: u64| &finished[(s - first) as usize];
+fn file<R: Record>(index: &mut HashTable<u64>, finished: &Ring<R>, seq: u64, record: &R) {
+    let at = |s: u64| finished.get(s);
     let hash = index_hash(record.key_hash());
     match index.find_entry(hash, |&s| s != seq && at(s).task_id() == record.task_id()) {
         Ok(mut older) => *older.get_mut() = seq,
@@ -393,8 +374,6 @@ pub(crate) struct Store<R: Record> {
     /// Each shard's oldest finished record (its monotonic start), [`EMPTY`] for none: read by
     /// other shards choosing where to evict from.
     fronts: Box<[CachePadded<AtomicU64>]>,
-    /// Emptied batch buffers the delivery threads give back, for the shards' next batches.
-    spares: Spares<R>,
     /// Which shard holds each in-flight id; none with one shard. Kept only once a second
     /// thread starts records (see [`Mode`]).
     claims: Option<Claims>,
@@ -501,17 +480,15 @@ impl<R: Record> Store<R> {
     /// `shards` is rounded down to a power of two, at least 1 and at most [`MAX_SHARDS`].
     pub(crate) fn new(retention: usize, shards: usize, dispatcher: Arc<Dispatcher>) -> Self {
         let shards = 1usize << shards.clamp(1, MAX_SHARDS).ilog2();
-        let spares = Spares::default();
         let share = retention.div_ceil(shards);
         let clock = quanta::Clock::new();
         Store {
             shards: (0..shards)
-                .map(|_| CachePadded::new(Mutex::new(Shard::new(share, spares.clone()))))
+                .map(|_| CachePadded::new(Mutex::new(Shard::new(share))))
                 .collect(),
             fronts: (0..shards)
                 .map(|_| CachePadded::new(AtomicU64::new(EMPTY)))
                 .collect(),
-            spares,
             claims: (shards > 1).then(|| Claims::new(CLAIM_BUCKETS)),
             mode: AtomicU8::new(Mode::OneRecorder as u8),
             first_home: AtomicUsize::new(NO_HOME),
@@ -764,7 +741,7 @@ impl<R: Record> Store<R> {
         let hash = self.hasher.hash_one(task_id);
         let mut end = Some(end);
         // Filled under the lock, freed after it: freeing is the slowest part.
-        let mut evicted: Evicted<R> = [None, None];
+        let mut freed: Freed<R> = [None, None];
         let found = self.with_in_flight(hash, |index, shard| {
             let entry = shard
                 .in_flight
@@ -773,14 +750,11 @@ impl<R: Record> Store<R> {
             let (mut record, _) = entry.remove();
             (end.take()?)(&mut record);
             R::account(&mut shard.totals, &record);
-            shard
-                .publishers
-                .offer(&self.dispatcher, &shard.names, &record);
             let place = Place {
                 index,
                 fronts: &self.fronts,
             };
-            let steal = shard.keep(record, &self.budget, place, &mut evicted);
+            let steal = shard.keep(record, &self.budget, place, &self.dispatcher, &mut freed);
             self.mark_front(index, shard);
             Some(steal)
         });
@@ -795,7 +769,7 @@ impl<R: Record> Store<R> {
         if let Some(steal) = steal {
             self.evict_elsewhere(steal);
         }
-        // `evicted` is dropped here, in place: `drop(evicted)` would first copy both records.
+        // `freed` is dropped here, after the lock.
         Ok(())
     }
 
@@ -803,12 +777,19 @@ impl<R: Record> Store<R> {
     #[cold]
     fn evict_elsewhere(&self, steal: Steal) {
         let mut guard = self.lock(steal.from);
-        let evicted: Vec<R> = (0..steal.count)
-            .map_while(|_| guard.evict_oldest())
-            .collect();
+        let mut freed: Vec<Segment<R>> = Vec::new();
+        let mut done = 0;
+        while done < steal.count {
+            let mut segment = None;
+            if !guard.evict_oldest(&mut segment) {
+                break;
+            }
+            done += 1;
+            freed.extend(segment);
+        }
         self.mark_front(steal.from, &guard);
         drop(guard);
-        self.budget.overshoot(steal.count - evicted.len());
+        self.budget.overshoot(steal.count - done);
     }
 
     /// Applies `read` to the record with this id: the in-flight one if there is one, else the
@@ -895,7 +876,7 @@ impl<R: Record> Store<R> {
         for (index, shard) in self.shards.iter().enumerate() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             let share = shard.share;
-            *shard = Shard::new(share, self.spares.clone());
+            *shard = Shard::new(share);
             self.mark_front(index, &shard);
         }
         self.budget.used.store(0, Ordering::Relaxed);
@@ -908,6 +889,9 @@ impl<R: Record> InFlight for Store<R> {
     }
 
     fn hand_over(&self, wait: bool) {
+        // Without `wait` (the delivery thread collecting on its own), only records that waited
+        // a while: a busy shard's records go in whole segments, with no copying.
+        let ended_before = (!wait).then(|| self.mono_now().saturating_sub(COLLECT_AGE_NS));
         for shard in self.shards.iter() {
             let guard = if wait {
                 Some(shard.lock().unwrap_or_else(|p| p.into_inner()))
@@ -917,7 +901,9 @@ impl<R: Record> InFlight for Store<R> {
             };
             if let Some(mut guard) = guard {
                 let shard = &mut *guard;
-                shard.publishers.hand_over(&shard.names);
+                shard
+                    .publishers
+                    .collect(&shard.names, &shard.finished, ended_before);
             }
         }
     }

@@ -3,25 +3,25 @@
 //! Recording threads read the set on every finished record, and it changes almost never. So
 //! that reading costs no shared write (which would bounce a cache line between cores), each
 //! store shard keeps its own [`PublisherCache`] and refreshes it only when the set's epoch
-//! moves. The cache also gathers the shard's finished records into batches, so the hand-off to
-//! the delivery threads costs one queue operation per batch rather than per record.
+//! moves. The cache also hands the shard's finished records to the delivery threads a segment
+//! at a time (see [`Ring`]): one queue operation per segment, and no copy of the records.
+//!
+//! [`Ring`]: crate::store::Ring
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::worker::{Spares, Worker};
+use super::worker::{Run, Worker};
 use super::{MetricsPublisher, PublishError, PublisherStats};
 use crate::error::TelemetryError;
-use crate::store::{Interner, Record};
+use crate::store::{Interner, Record, Ring};
 
-/// Records a shard gathers before handing them to the publishers. Each hand-over moves a few
-/// cache lines between the recording and the delivery cores (the queue, reference counts, the
-/// buffer pool): 256 rather than 64 records per batch took a no-op publisher's cost on a pair
-/// from about +45% to +25% (`CORE_BENCH_DRIVE=100000,3000000,publisher`).
-const BATCH_RECORDS: usize = 256;
-/// How long (monotonic nanoseconds) a shard keeps a batch while it still records; idle shards'
-/// batches are collected by the delivery threads when they run out of work.
+/// Records aggregated in place between two updates of the publisher's delivered count.
+const COUNT_EVERY: u64 = 256;
+/// How long (monotonic nanoseconds) a finished record may wait in a shard's open segment
+/// before the recording thread hands a copy over itself (the delivery threads collect it
+/// sooner when they are awake, see `COLLECT_AGE_NS` in the store).
 const BATCH_AGE_NS: u64 = 1_000_000;
 
 type WorkerSet = Arc<[Arc<Worker>]>;
@@ -291,8 +291,8 @@ impl PipelineHealth {
     }
 }
 
-/// A shard's copy of the publisher set, refreshed when the dispatcher's epoch moves, and the
-/// batch of finished records it is gathering for them.
+/// A shard's copy of the publisher set, refreshed when the dispatcher's epoch moves, and how
+/// far the shard's finished records have been handed to its queued publishers.
 #[derive(Debug)]
 pub(crate) struct PublisherCache<R: Record> {
     epoch: u64,
@@ -301,11 +301,12 @@ pub(crate) struct PublisherCache<R: Record> {
     /// The publishers whose aggregates this shard updates itself.
     #[cfg(feature = "series")]
     in_place: Vec<InPlaceSlots<R>>,
-    pending: Vec<R>,
-    /// Monotonic end of the batch's first record.
-    pending_since: u64,
-    /// Buffers for the next batches, shared by the store's shards.
-    spares: Spares<R>,
+    /// Number (in the shard's ring) of the first record not yet handed to `queued`.
+    handed: u64,
+    /// Monotonic end of that record, once it is in the ring.
+    unhanded_since: u64,
+    /// The dispatcher's queue capacity: no batch is larger.
+    queue_capacity: usize,
 }
 
 /// A publisher's in-memory aggregates as one shard updates them.
@@ -330,61 +331,83 @@ impl<R: Record> InPlaceSlots<R> {
     }
 }
 
-impl<R: Record> PublisherCache<R> {
-    /// A cache that takes its batch buffers from `spares`.
-    pub(crate) fn new(spares: Spares<R>) -> Self {
+impl<R: Record> Default for PublisherCache<R> {
+    fn default() -> Self {
         PublisherCache {
             epoch: 0,
             queued: Vec::new(),
             #[cfg(feature = "series")]
             in_place: Vec::new(),
-            pending: Vec::new(),
-            pending_since: 0,
-            spares,
+            handed: 0,
+            unhanded_since: 0,
+            queue_capacity: 1,
         }
     }
+}
 
-    /// Offers a finished record to the publishers: aggregated here for those that keep their
-    /// series in memory, copied into the batch for the others, which is handed over once it
-    /// is full or a millisecond old. `names` resolves the record's names.
+impl<R: Record> PublisherCache<R> {
+    /// Offers the record just added to `ring` to the publishers: aggregated here for those
+    /// that keep their series in memory. The queued publishers get the segment it `sealed`,
+    /// if it sealed one, and otherwise get records that waited a millisecond as copies.
+    /// `names` resolves the records' names.
     #[inline]
-    pub(crate) fn offer(&mut self, dispatcher: &Dispatcher, names: &Interner, record: &R) {
+    pub(crate) fn offer(
+        &mut self,
+        dispatcher: &Dispatcher,
+        names: &Interner,
+        ring: &Ring<R>,
+        sealed: bool,
+    ) {
         let epoch = dispatcher.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
-            self.refresh(dispatcher, names, epoch);
+            self.refresh(dispatcher, names, ring, sealed, epoch);
         }
+        let Some(record) = ring.newest() else {
+            return;
+        };
         #[cfg(feature = "series")]
         for publisher in &mut self.in_place {
             record.aggregate(&publisher.series, &mut publisher.slots, names);
             publisher.uncounted += 1;
-            if publisher.uncounted >= BATCH_RECORDS as u64 {
+            if publisher.uncounted >= COUNT_EVERY {
                 publisher.count();
             }
         }
         if self.queued.is_empty() {
             return;
         }
-        if self.pending.capacity() == 0 {
-            self.pending = self.spares.take(BATCH_RECORDS);
+        if sealed {
+            self.hand_sealed(names, ring);
         }
         let now = record.end_mono();
-        if self.pending.is_empty() {
-            self.pending_since = now;
-        }
-        self.pending.push(record.clone());
-        // A batch never outgrows the queue it goes to.
-        if self.pending.len() >= BATCH_RECORDS.min(dispatcher.queue_capacity)
-            || now.saturating_sub(self.pending_since) > BATCH_AGE_NS
-        {
-            self.hand_over(names);
+        if self.handed + 1 == ring.end() {
+            self.unhanded_since = now;
+        } else if now.saturating_sub(self.unhanded_since) > BATCH_AGE_NS {
+            self.collect(names, ring, None);
         }
     }
 
-    /// Takes the dispatcher's current set; what was gathered goes to the publishers it was
-    /// gathered for.
+    /// Takes the dispatcher's current set; what was not yet handed over goes to the
+    /// publishers it finished for, the newest record to the new set.
     #[cold]
-    fn refresh(&mut self, dispatcher: &Dispatcher, names: &Interner, epoch: u64) {
-        self.hand_over(names);
+    fn refresh(
+        &mut self,
+        dispatcher: &Dispatcher,
+        names: &Interner,
+        ring: &Ring<R>,
+        sealed: bool,
+        epoch: u64,
+    ) {
+        if sealed {
+            self.hand_sealed(names, ring);
+        }
+        let newest = ring.end().saturating_sub(1);
+        self.hand_copies(names, ring, newest);
+        self.handed = newest;
+        #[cfg(feature = "series")]
+        for publisher in &mut self.in_place {
+            publisher.count();
+        }
         self.queued.clear();
         #[cfg(feature = "series")]
         self.in_place.clear();
@@ -401,26 +424,87 @@ impl<R: Record> PublisherCache<R> {
             }
             self.queued.push(Arc::clone(worker));
         }
+        self.queue_capacity = dispatcher.queue_capacity;
         self.epoch = epoch;
     }
 
-    /// Hands the gathered records to every queued publisher of the cached set, and counts
-    /// what was aggregated in place.
-    pub(crate) fn hand_over(&mut self, names: &Interner) {
+    /// Hands the segment the ring just sealed to the queued publishers (the part of it not
+    /// handed over yet).
+    fn hand_sealed(&mut self, names: &Interner, ring: &Ring<R>) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let Some((first, segment)) = ring.newest_sealed() else {
+            return;
+        };
+        let end = first + segment.len() as u64;
+        let from = self.handed.clamp(first, end);
+        let part = (from - first) as usize..segment.len();
+        self.handed = end;
+        if part.is_empty() {
+            return;
+        }
+        // A short part is copied rather than shared: a batch holding a whole segment for a few
+        // records would keep the segment alive past its eviction for little.
+        if part.len() >= segment.len() / 4 {
+            self.hand(names, Arc::clone(segment), part);
+        } else {
+            let copies = segment[part].to_vec();
+            let len = copies.len();
+            self.hand(names, Arc::new(copies), 0..len);
+        }
+    }
+
+    /// Hands copies of the records not handed over yet to the queued publishers, if the
+    /// oldest of them ended before `ended_before` (`None`: whatever their age); and counts
+    /// what was aggregated in place. Records that sealed segments were handed over already,
+    /// so this copies at most a segment's worth.
+    pub(crate) fn collect(&mut self, names: &Interner, ring: &Ring<R>, ended_before: Option<u64>) {
         #[cfg(feature = "series")]
         for publisher in &mut self.in_place {
             publisher.count();
         }
-        if self.pending.is_empty() {
+        let end = ring.end();
+        if self.queued.is_empty() || self.handed >= end {
             return;
         }
-        let records = std::mem::take(&mut self.pending);
-        let batch = R::batch(Arc::clone(names.names()), records, &self.spares);
-        if let Some((last, others)) = self.queued.split_last() {
-            for worker in others {
-                worker.offer_batch(batch.clone());
+        if ended_before.is_some_and(|before| self.unhanded_since >= before) {
+            return;
+        }
+        self.hand_copies(names, ring, end);
+        self.handed = end;
+    }
+
+    /// Hands copies of the records from `handed` up to (not including) `until`.
+    fn hand_copies(&mut self, names: &Interner, ring: &Ring<R>, until: u64) {
+        if self.queued.is_empty() || self.handed >= until {
+            return;
+        }
+        let records = ring.open_from(self.handed);
+        let count = records.len().min((until - self.handed) as usize);
+        if count > 0 {
+            self.hand(names, Arc::new(records[..count].to_vec()), 0..count);
+        }
+    }
+
+    /// Hands `part` of `records` to every queued publisher, in batches no larger than the
+    /// queue.
+    fn hand(&self, names: &Interner, records: Arc<Vec<R>>, part: std::ops::Range<usize>) {
+        let most = self.queue_capacity.max(1);
+        let mut from = part.start;
+        while from < part.end {
+            let to = part.end.min(from + most);
+            let batch = R::batch(
+                Arc::clone(names.names()),
+                Run::new(Arc::clone(&records), from..to),
+            );
+            if let Some((last, others)) = self.queued.split_last() {
+                for worker in others {
+                    worker.offer_batch(batch.clone());
+                }
+                last.offer_batch(batch);
             }
-            last.offer_batch(batch);
+            from = to;
         }
     }
 }
@@ -479,5 +563,46 @@ mod tests {
         record(&logger, 7);
         drop(logger);
         assert_eq!(count.load(Ordering::SeqCst), 12);
+    }
+
+    /// Collects the task ids it is given.
+    struct Ids(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl MetricsPublisher for Ids {
+        fn publish_event(&self, event: crate::EventRef<'_>) -> Result<(), PublishError> {
+            self.0.lock().unwrap().push(event.task_id.to_owned());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_record_reaches_a_queued_publisher_exactly_once_whatever_the_retention() {
+        // Retentions below, around and above a segment's size; a pause makes the waiting
+        // records go over as copies (age rule and collection), the rest go in whole segments.
+        for retention in [0, 3, 20, 1_000, 100_000] {
+            let logger = TelemetryLogger::with_config(
+                &crate::TelemetryConfig::default()
+                    .retention(retention)
+                    .queue_capacity(1 << 16),
+            );
+            let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+            logger
+                .add_publisher(Box::new(Ids(Arc::clone(&ids))))
+                .unwrap();
+            for i in 0..3_000 {
+                if i == 1_000 || i == 1_010 {
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                logger.start_event("e", &format!("t{i}"), None).unwrap();
+                logger.end_event(&format!("t{i}"), None).unwrap();
+            }
+            logger.flush(Duration::from_secs(10)).unwrap();
+            let mut got = std::mem::take(&mut *ids.lock().unwrap());
+            assert_eq!(got.len(), 3_000, "retention {retention}");
+            got.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
+            let expected: Vec<String> = (0..3_000).map(|i| format!("t{i}")).collect();
+            assert_eq!(got, expected, "retention {retention}");
+            assert_eq!(logger.publisher_stats()[0].dropped, 0);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! [`PublisherCache`]: super::dispatch::PublisherCache
 
-use std::collections::VecDeque;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,74 +38,44 @@ pub(crate) enum Payload {
 /// kind per batch, so each record takes only its own size.
 #[derive(Debug, Clone)]
 pub(crate) enum Batch {
-    Events(Names, Vec<EventRecord>, Spares<EventRecord>),
-    Network(Names, Vec<NetworkRecord>, Spares<NetworkRecord>),
+    Events(Names, Run<EventRecord>),
+    Network(Names, Run<NetworkRecord>),
 }
 
 impl Batch {
     fn len(&self) -> usize {
         match self {
-            Batch::Events(_, records, _) => records.len(),
-            Batch::Network(_, records, _) => records.len(),
+            Batch::Events(_, run) => run.records().len(),
+            Batch::Network(_, run) => run.records().len(),
         }
     }
 }
 
-/// Emptied batch buffers handed back by the delivery threads for the shards to fill again,
-/// reused oldest first and only once [`Spares::REUSE_BYTES`] of other buffers are waiting.
-///
-/// Why: a recording thread writing into memory that the delivery thread has just read pays a
-/// cross-core transfer for every cache line, which with a fresh allocation per batch (the
-/// allocator hands back the buffer the delivery thread just freed) cost about 70% on top of a
-/// start/end pair (`CORE_BENCH_DRIVE=100000,3000000,publisher`: 374–399 ns against 223 ns
-/// without a publisher). Reusing a buffer only after more than a core's L2 cache of other
-/// batches has gone by brings it to 253–280 ns; fewer waiting buffers (192 batches, 1.3 MB)
-/// gave 282–313 ns. The waiting buffers are bounded in bytes.
+/// Consecutive records of a store segment, shared with the store (or copies, for records
+/// handed over before their segment was full).
 #[derive(Debug)]
-pub(crate) struct Spares<R>(Arc<Mutex<VecDeque<Vec<R>>>>);
+pub(crate) struct Run<R> {
+    segment: Arc<Vec<R>>,
+    range: Range<usize>,
+}
 
-impl<R> Default for Spares<R> {
-    fn default() -> Self {
-        Spares(Arc::default())
+impl<R> Run<R> {
+    /// The records of `segment` in `range`, which must lie within it.
+    pub(crate) fn new(segment: Arc<Vec<R>>, range: Range<usize>) -> Self {
+        debug_assert!(range.end <= segment.len());
+        Run { segment, range }
+    }
+
+    pub(crate) fn records(&self) -> &[R] {
+        &self.segment[self.range.clone()]
     }
 }
 
-impl<R> Clone for Spares<R> {
+impl<R> Clone for Run<R> {
     fn clone(&self) -> Self {
-        Spares(Arc::clone(&self.0))
-    }
-}
-
-impl<R> Spares<R> {
-    /// How much memory of other batches goes by before a buffer is reused: twice the 1 MiB
-    /// per-core L2 cache of the machine the figures above come from.
-    const REUSE_BYTES: usize = 2 << 20;
-
-    /// Buffers waiting before the oldest is reused (each holds up to `capacity` records).
-    fn depth(capacity: usize) -> usize {
-        Self::REUSE_BYTES / (capacity.max(1) * std::mem::size_of::<R>().max(1))
-    }
-
-    /// An empty buffer with room for `capacity` records: the oldest spare once enough wait,
-    /// a new one before.
-    pub(crate) fn take(&self, capacity: usize) -> Vec<R> {
-        let mut spares = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let spare = if spares.len() > Self::depth(capacity) {
-            spares.pop_front()
-        } else {
-            None
-        };
-        drop(spares);
-        spare.unwrap_or_else(|| Vec::with_capacity(capacity))
-    }
-
-    /// Gives an emptied buffer back; past the depth and a few more, it is freed.
-    fn give(&self, mut buffer: Vec<R>) {
-        buffer.clear();
-        let bound = Self::depth(buffer.capacity()) + 16;
-        let mut spares = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if spares.len() < bound {
-            spares.push_back(buffer);
+        Run {
+            segment: Arc::clone(&self.segment),
+            range: self.range.clone(),
         }
     }
 }
@@ -395,21 +365,19 @@ fn run(
             Message::Batch(batch) => {
                 let count = batch.len();
                 match batch {
-                    Batch::Events(names, records, spares) => {
+                    Batch::Events(names, run) => {
                         let names = Interner::resolving(names);
-                        for record in &records {
+                        for record in run.records() {
                             let event = record.borrowed(&names);
                             delivered(contained(&name, || publisher.publish_event(event)));
                         }
-                        spares.give(records);
                     }
-                    Batch::Network(names, records, spares) => {
+                    Batch::Network(names, run) => {
                         let names = Interner::resolving(names);
-                        for record in &records {
+                        for record in run.records() {
                             let op = record.borrowed(&names);
                             delivered(contained(&name, || publisher.publish_network(op)));
                         }
-                        spares.give(records);
                     }
                 }
                 counters.queued.fetch_sub(count, Ordering::Relaxed);
@@ -563,32 +531,6 @@ mod tests {
             worker.flush(Instant::now() + Duration::from_secs(1)),
             Err(PublishError::Closed { .. })
         ));
-    }
-
-    #[test]
-    fn spare_buffers_come_back_oldest_first_once_enough_wait_and_are_bounded() {
-        type Kilobyte = [u8; 1024];
-        let spares: Spares<Kilobyte> = Spares::default();
-        let capacity = 64;
-        let depth = Spares::<Kilobyte>::depth(capacity);
-        assert_eq!(depth, 32, "2 MiB of 64 KiB buffers");
-        let mut first = spares.take(capacity);
-        first.push([1; 1024]);
-        let first_at = first.as_ptr();
-        spares.give(first);
-        // Until more than `depth` wait, new buffers are made.
-        for _ in 0..depth {
-            let fresh = spares.take(capacity);
-            assert_ne!(fresh.as_ptr(), first_at);
-            spares.give(Vec::with_capacity(capacity));
-        }
-        let again = spares.take(capacity);
-        assert_eq!(again.as_ptr(), first_at);
-        assert!(again.is_empty());
-        for _ in 0..1000 {
-            spares.give(Vec::with_capacity(capacity));
-        }
-        assert_eq!(spares.0.lock().unwrap().len(), depth + 16);
     }
 
     #[test]
