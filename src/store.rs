@@ -303,15 +303,16 @@ impl<R: Record> Shard<R> {
 
     /// Evicts this shard's oldest retained record; returns whether it had one. See
     /// [`Ring::pop_front`] for `freed`.
+    #[inline]
     fn evict_oldest(&mut self, freed: &mut Option<Segment<R>>) -> bool {
-        let Some(oldest) = self.finished.front() else {
-            return false;
-        };
         if let Some(index) = &mut self.index {
-            // The index may point at a newer record with the same id; then it stays.
-            let seq = self.finished.first_seq();
-            if let Ok(entry) = index.find_entry(index_hash(oldest.key_hash()), |&s| s == seq) {
-                entry.remove();
+            if let Some(oldest) = self.finished.front() {
+                // The index may point at a newer record with the same id; then it stays.
+                let seq = self.finished.first_seq();
+                let hash = index_hash(oldest.key_hash());
+                if let Ok(entry) = index.find_entry(hash, |&s| s == seq) {
+                    entry.remove();
+                }
             }
         }
         self.finished.pop_front(freed)

@@ -35,6 +35,8 @@ pub(crate) struct Ring<R> {
     base: u64,
     /// Number of the oldest retained record; those between `base` and it are evicted.
     first: u64,
+    /// Number the next record will get.
+    end: u64,
 }
 
 impl<R> Ring<R> {
@@ -51,6 +53,7 @@ impl<R> Ring<R> {
             shift: len.ilog2(),
             base: 0,
             first: 0,
+            end: 0,
         }
     }
 
@@ -61,12 +64,13 @@ impl<R> Ring<R> {
 
     /// Number of the first record of the open segment.
     pub(crate) fn open_base(&self) -> u64 {
-        self.base + ((self.sealed.len() as u64) << self.shift)
+        self.end - self.open.len() as u64
     }
 
     /// Number the next record will get.
+    #[inline]
     pub(crate) fn end(&self) -> u64 {
-        self.open_base() + self.open.len() as u64
+        self.end
     }
 
     /// Number of the oldest retained record (equal to [`Ring::end`] when none is).
@@ -76,7 +80,7 @@ impl<R> Ring<R> {
 
     /// Retained records.
     pub(crate) fn len(&self) -> usize {
-        (self.end() - self.first) as usize
+        (self.end - self.first) as usize
     }
 
     /// Records the ring has room for without allocating, evicted ones included.
@@ -87,6 +91,7 @@ impl<R> Ring<R> {
 
     /// The record numbered `seq`, which must be in memory (evicted or not). Panics otherwise,
     /// like slice indexing: the store only asks for numbers it holds.
+    #[inline]
     pub(crate) fn get(&self, seq: u64) -> &R {
         let offset = (seq - self.base) as usize;
         match self.sealed.get(offset >> self.shift) {
@@ -96,8 +101,9 @@ impl<R> Ring<R> {
     }
 
     /// The oldest retained record.
+    #[inline]
     pub(crate) fn front(&self) -> Option<&R> {
-        (self.first < self.end()).then(|| self.get(self.first))
+        (self.first < self.end).then(|| self.get(self.first))
     }
 
     /// The record pushed last, evicted or not; `None` before the first push.
@@ -139,6 +145,7 @@ impl<R> Ring<R> {
             self.open.reserve_exact(self.segment_len());
         }
         self.open.push(record);
+        self.end += 1;
         sealed
     }
 
@@ -147,7 +154,7 @@ impl<R> Ring<R> {
     /// freeing is slow, and the delivery threads may still hold the segment.
     #[inline]
     pub(crate) fn pop_front(&mut self, freed: &mut Option<Segment<R>>) -> bool {
-        if self.first >= self.end() {
+        if self.first >= self.end {
             return false;
         }
         self.first += 1;
