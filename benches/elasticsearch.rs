@@ -148,9 +148,39 @@ fn thread_cpu_ns() -> Option<u64> {
     (status == 0).then(|| now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
 
+/// Restricts the calling thread to `cpus`; threads it spawns afterwards inherit the set.
+/// Returns false where that is not possible (fewer CPUs, no permission).
+fn pin(cpus: impl IntoIterator<Item = usize>) -> bool {
+    // SAFETY: `cpu_set_t` is plain data, zeroed is its empty set; `CPU_SET` writes inside it
+    // for indexes below `CPU_SETSIZE` (checked); `sched_setaffinity` only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in cpus {
+            if cpu >= libc::CPU_SETSIZE as usize {
+                return false;
+            }
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Per end_event, one figure per batch of 4,096: wall ns and the caller thread's CPU ns
-/// (empty where the CPU clock is unavailable); records dropped.
-fn end_event_cost(attached: Attached, paced: bool, batches: usize) -> (Vec<f64>, Vec<f64>, u64) {
+/// (empty where the CPU clock is unavailable); records dropped. `pinned`: the server, the
+/// logger's delivery thread and the publisher's threads run on CPU 1 and the caller alone on
+/// CPU 0, as when Elasticsearch runs on its own machine.
+fn end_event_cost(
+    attached: Attached,
+    paced: bool,
+    pinned: bool,
+    batches: usize,
+) -> (Vec<f64>, Vec<f64>, u64) {
+    // Every thread made from here on inherits CPU 1.
+    let pinned = pinned && pin([1]);
     let server = FakeElasticsearch::start_ids_only();
     let logger = TelemetryLogger::with_config(&TelemetryConfig::default());
     let mut ids = Ids::default();
@@ -165,6 +195,9 @@ fn end_event_cost(attached: Attached, paced: bool, batches: usize) -> (Vec<f64>,
         Attached::Elasticsearch => logger
             .add_publisher(Box::new(publisher(&server, 1 << 20)))
             .expect("attach"),
+    }
+    if pinned {
+        assert!(pin([0]), "the caller moves to CPU 0");
     }
     let mut wall = Vec::with_capacity(batches);
     let mut cpu = Vec::with_capacity(batches);
@@ -192,6 +225,9 @@ fn end_event_cost(attached: Attached, paced: bool, batches: usize) -> (Vec<f64>,
     }
     let _ = logger.flush(Duration::from_secs(30));
     let dropped = logger.dropped();
+    if pinned {
+        pin(0..cpus());
+    }
     (wall, cpu, dropped)
 }
 
@@ -219,33 +255,52 @@ fn main() {
 
     let mut baseline = None;
     let mut cpu_baseline = None;
-    for (name, attached, paced) in [
-        ("end_event/none", Attached::None, false),
-        ("end_event/noop", Attached::Noop, false),
-        ("end_event/es_saturated", Attached::Elasticsearch, false),
-        ("end_event/none_paced", Attached::None, true),
-        ("end_event/noop_paced", Attached::Noop, true),
-        ("end_event/es_paced", Attached::Elasticsearch, true),
-    ] {
-        let (mut ns, mut cpu_ns, dropped) = end_event_cost(attached, paced, batches);
-        let m = median(&mut ns);
-        let (p10, p90) = (percentile(&mut ns, 0.1), percentile(&mut ns, 0.9));
-        let cpu = (!cpu_ns.is_empty()).then(|| median(&mut cpu_ns));
-        if attached == Attached::None {
-            baseline = Some(m);
-            cpu_baseline = cpu;
+    let placements: &[(&str, bool)] = if cpus() >= 2 {
+        &[("", false), ("pinned/", true)]
+    } else {
+        &[("", false)]
+    };
+    for &(placement, pinned) in placements {
+        for (mode, attached, paced) in [
+            ("none", Attached::None, false),
+            ("noop", Attached::Noop, false),
+            ("es_saturated", Attached::Elasticsearch, false),
+            ("none_paced", Attached::None, true),
+            ("noop_paced", Attached::Noop, true),
+            ("es_paced", Attached::Elasticsearch, true),
+        ] {
+            let name = format!("end_event/{placement}{mode}");
+            let cost = end_event_cost(attached, paced, pinned, batches);
+            report(&name, attached, cost, &mut baseline, &mut cpu_baseline);
         }
-        let base = baseline.unwrap_or(m);
-        let cpu_text = match (cpu, cpu_baseline) {
-            (Some(c), Some(b)) => {
-                format!("cpu median {c:>6.1} ns ({:+.1}%)", (c / b - 1.0) * 100.0)
-            }
-            _ => "cpu n/a".to_owned(),
-        };
-        println!(
-            "{name:<22} wall median {m:>6.1} ns (p10 {p10:.1}, p90 {p90:.1}, {:+.1}%)  \
-             {cpu_text}  dropped {dropped}",
-            (m / base - 1.0) * 100.0
-        );
     }
+}
+
+/// Prints one end_event line: medians, spread, and the change against the last `none` line.
+fn report(
+    name: &str,
+    attached: Attached,
+    (mut ns, mut cpu_ns, dropped): (Vec<f64>, Vec<f64>, u64),
+    baseline: &mut Option<f64>,
+    cpu_baseline: &mut Option<f64>,
+) {
+    let m = median(&mut ns);
+    let (p10, p90) = (percentile(&mut ns, 0.1), percentile(&mut ns, 0.9));
+    let cpu = (!cpu_ns.is_empty()).then(|| median(&mut cpu_ns));
+    if attached == Attached::None {
+        *baseline = Some(m);
+        *cpu_baseline = cpu;
+    }
+    let base = baseline.unwrap_or(m);
+    let cpu_text = match (cpu, *cpu_baseline) {
+        (Some(c), Some(b)) => {
+            format!("cpu median {c:>6.1} ns ({:+.1}%)", (c / b - 1.0) * 100.0)
+        }
+        _ => "cpu n/a".to_owned(),
+    };
+    println!(
+        "{name:<29} wall median {m:>6.1} ns (p10 {p10:.1}, p90 {p90:.1}, {:+.1}%)  \
+         {cpu_text}  dropped {dropped}",
+        (m / base - 1.0) * 100.0
+    );
 }
