@@ -26,7 +26,10 @@
 //!    no publisher, with a no-op publisher, and with the Elasticsearch publisher;
 //!    `saturated` runs batches back to back (the delivery queue fills and drops, as under
 //!    overload), `paced` waits outside the clock for the pipeline to drain between batches (so
-//!    every record is handed over and delivered).
+//!    every record is handed over and delivered). Each mode runs twice: as is, where the
+//!    caller shares both cores with the pipeline's threads and the in-process server, and
+//!    `pinned/`, where the caller runs alone on CPU 0 and every other thread (server, delivery,
+//!    sender) on CPU 1, as when Elasticsearch runs on its own machine (2 CPUs or more only).
 //!
 //! Every figure is the median of its runs or batches; the spread (min..max over runs, or the
 //! 10th..90th percentile over batches) is printed beside it. For `end_event` the caller
