@@ -8,6 +8,7 @@
 //!
 //! [`Ring`]: crate::store::Ring
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use crate::error::TelemetryError;
 use crate::store::{Interner, Record, Ring};
 
 /// Records aggregated in place between two updates of the publisher's delivered count.
+#[cfg(feature = "series")]
 const COUNT_EVERY: u64 = 256;
 /// How long (monotonic nanoseconds) a finished record may wait in a shard's open segment
 /// before the recording thread hands a copy over itself (the delivery threads collect it
@@ -307,6 +309,8 @@ pub(crate) struct PublisherCache<R: Record> {
     unhanded_since: u64,
     /// The dispatcher's queue capacity: no batch is larger.
     queue_capacity: usize,
+    /// The kind of record handed over (used by `in_place` too, with the `series` feature).
+    kind: PhantomData<fn(&R)>,
 }
 
 /// A publisher's in-memory aggregates as one shard updates them.
@@ -341,6 +345,7 @@ impl<R: Record> Default for PublisherCache<R> {
             handed: 0,
             unhanded_since: 0,
             queue_capacity: 1,
+            kind: PhantomData,
         }
     }
 }
