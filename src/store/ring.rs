@@ -249,4 +249,53 @@ mod tests {
         assert!(!ring.pop_front(&mut None));
         assert!(freed_records >= 1000 - 2 * ring.segment_len());
     }
+
+    proptest::proptest! {
+        /// Against a `VecDeque` of the retained numbers: the same records, found by number,
+        /// oldest first; sealed segments are the records pushed before, in order; freed
+        /// segments hold only evicted records; memory stays within two segments of the
+        /// retained records.
+        #[test]
+        fn behaves_like_a_queue_of_numbered_records(
+            share in 0usize..3000,
+            steps in proptest::collection::vec((0usize..40, 0usize..40), 1..60),
+        ) {
+            let mut ring: Ring<u64> = Ring::new(share);
+            let mut model = std::collections::VecDeque::new();
+            let mut next = 0u64;
+            let mut freed_upto = 0u64;
+            for (pushes, pops) in steps {
+                for _ in 0..pushes {
+                    proptest::prop_assert_eq!(ring.end(), next);
+                    if ring.push(next) {
+                        let (first, segment) = ring.newest_sealed().unwrap();
+                        let len = segment.len() as u64;
+                        proptest::prop_assert_eq!(len, ring.segment_len() as u64);
+                        proptest::prop_assert_eq!(first + len, next);
+                        let expected: Vec<u64> = (first..next).collect();
+                        proptest::prop_assert_eq!(segment.as_slice(), expected.as_slice());
+                    }
+                    proptest::prop_assert_eq!(ring.newest(), Some(&next));
+                    model.push_back(next);
+                    next += 1;
+                }
+                for _ in 0..pops {
+                    let mut freed = None;
+                    proptest::prop_assert_eq!(ring.pop_front(&mut freed), model.pop_front().is_some());
+                    if let Some(segment) = freed {
+                        proptest::prop_assert_eq!(segment[0], freed_upto);
+                        freed_upto += segment.len() as u64;
+                        proptest::prop_assert!(freed_upto <= ring.first_seq());
+                    }
+                }
+                proptest::prop_assert_eq!(ring.len(), model.len());
+                proptest::prop_assert_eq!(ring.front(), model.front());
+                proptest::prop_assert!(ring.iter().eq(model.iter()));
+                for &seq in &model {
+                    proptest::prop_assert_eq!(*ring.get(seq), seq);
+                }
+                proptest::prop_assert!(ring.capacity() <= ring.len() + 2 * ring.segment_len());
+            }
+        }
+    }
 }
