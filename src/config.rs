@@ -66,11 +66,12 @@ impl TelemetryConfig {
     /// How many finished records each publisher's queue holds (default
     /// [`DEFAULT_QUEUE_CAPACITY`], at least 1). When a publisher falls this far behind, further
     /// records are dropped for it and counted rather than making the caller wait. Records reach
-    /// the queue in batches of up to 256 (never more than this capacity) gathered per shard, and
-    /// within about a millisecond when the pipeline goes quiet; flush hands over every batch.
-    /// While a publisher is attached, each recorder also keeps up to about 2.5 MiB of emptied
-    /// batch buffers for reuse (reusing them at once would make the recording thread write
-    /// memory the delivery thread's core has just read).
+    /// the queue in batches of up to 256 (never more than this capacity): each shard keeps its
+    /// finished records in segments and hands a full segment over without copying it, and the
+    /// records of a segment not yet full follow within about a millisecond (and at every flush).
+    /// A queued batch shares its segment with the store, so a publisher that falls behind by
+    /// more than the retention keeps those segments alive: at most four times this capacity's
+    /// worth of records, as a batch shares a segment only for a quarter of it or more.
     pub fn queue_capacity(mut self, records: usize) -> Self {
         self.queue_capacity = records.max(1);
         self

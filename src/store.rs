@@ -5,8 +5,8 @@
 //! threads recording at once do not write the same memory. Each shard is a mutex over:
 //! - the in-flight records started on its threads (kept until ended: their number is the
 //!   caller's to bound),
-//! - the retained finished records, a ring oldest-first, and (once a finished record is looked
-//!   up by id) an index from task id to the newest record of that id, so an id may be reused
+//! - the retained finished records, oldest first, in segments that queued publishers share
+//!   once full (see [`ring`]), and (once a finished record is looked up by id) an index from task id to the newest record of that id, so an id may be reused
 //!   once its first run has ended,
 //! - exact running totals, which eviction does not touch,
 //! - its own copy of the publisher set, its interned names and its wall-clock anchor.
