@@ -11,7 +11,7 @@ use crate::publish::worker::{Batch, Run};
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
-use crate::store::{Names, Record, Store};
+use crate::store::{Names, Record, Store, TaskId};
 
 /// The error recorded when an [`EventGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the event's thread panicked before the event ended";
@@ -210,7 +210,7 @@ impl TelemetryLogger {
         self.start_event(event_name, task_id, None)?;
         Ok(EventGuard {
             logger: self,
-            task_id: task_id.to_owned(),
+            task_id: TaskId::from(task_id),
             ended: false,
         })
     }
@@ -270,7 +270,8 @@ impl TelemetryLogger {
 #[must_use = "dropping the guard ends the event at once"]
 pub struct EventGuard<'a> {
     logger: &'a TelemetryLogger,
-    task_id: String,
+    /// Inline up to 24 bytes: a guard for a short id allocates nothing.
+    task_id: TaskId,
     ended: bool,
 }
 

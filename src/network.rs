@@ -11,7 +11,7 @@ use crate::publish::worker::{Batch, Run};
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
 use crate::record::{cut_error, NetworkMetrics, NetworkRecord, DEFAULT_OPERATION};
 use crate::report::NetworkCounts;
-use crate::store::{Names, Record, Store};
+use crate::store::{Names, Record, Store, TaskId};
 
 /// The error recorded when a [`NetworkGuard`] is dropped during a panic.
 pub const PANICKED_ERROR: &str = "the operation's thread panicked before the operation ended";
@@ -196,7 +196,7 @@ impl NetworkTelemetry {
         self.start_operation(task_id, host, port, operation)?;
         Ok(NetworkGuard {
             telemetry: self,
-            task_id: task_id.to_owned(),
+            task_id: TaskId::from(task_id),
             bytes_sent: 0,
             bytes_received: 0,
             ended: false,
@@ -245,7 +245,8 @@ impl NetworkTelemetry {
 #[must_use = "dropping the guard ends the operation at once"]
 pub struct NetworkGuard<'a> {
     telemetry: &'a NetworkTelemetry,
-    task_id: String,
+    /// Inline up to 24 bytes: a guard for a short id allocates nothing.
+    task_id: TaskId,
     bytes_sent: u64,
     bytes_received: u64,
     ended: bool,
