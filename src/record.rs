@@ -551,6 +551,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn records_keep_their_size() {
         // A record is moved into the in-flight table, out of it and into the ring: its size is
         // on the recording path. Growing it should be a decision, not an accident.

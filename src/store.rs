@@ -6,8 +6,9 @@
 //! - the in-flight records started on its threads (kept until ended: their number is the
 //!   caller's to bound),
 //! - the retained finished records, oldest first, in segments that queued publishers share
-//!   once full (see [`ring`]), and (once a finished record is looked up by id) an index from task id to the newest record of that id, so an id may be reused
-//!   once its first run has ended,
+//!   once full (see [`ring`]), and (once a finished record is looked up by id) an index from
+//!   task id to the newest record of that id, so an id may be reused once its first run has
+//!   ended,
 //! - exact running totals, which eviction does not touch,
 //! - its own copy of the publisher set, its interned names and its wall-clock anchor.
 //!
@@ -55,7 +56,8 @@ pub(crate) trait Record: Clone + Send + Sync + 'static {
     fn key_hash(&self) -> u32;
     /// Monotonic start, used to list records in the order they started.
     fn start_mono(&self) -> u64;
-    /// Monotonic end, once ended: when the record reached its publishers' batch.
+    /// Monotonic end, once ended: how long a record has waited for the queued publishers
+    /// counts from it.
     fn end_mono(&self) -> u64;
     /// Records of this kind as handed to publishers, with the names of their shard.
     fn batch(names: Names, records: Run<Self>) -> Batch;
@@ -264,8 +266,8 @@ impl<R: Record> Shard<R> {
         self.publishers
             .offer(dispatcher, &self.names, &self.finished, sealed);
         if budget.limit == 0 {
-            // Retained for no query, evicted once offered (the segment it sealed, if it did,
-            // may go with it). It stays in memory until its own segment is handed over.
+            // Retained for no query: evicted once offered, so a segment it sealed was handed over
+            // before this eviction can free it. It stays in memory until its own segment goes.
             self.evict_oldest(&mut freed[0]);
         }
         steal
