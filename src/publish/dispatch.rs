@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::worker::{Run, Worker};
 use super::{MetricsPublisher, PublishError, PublisherStats};
 use crate::error::TelemetryError;
-use crate::store::{Interner, Record, Ring};
+use crate::store::{Interner, Record, Ring, Segment};
 
 /// Records aggregated in place between two updates of the publisher's delivered count.
 #[cfg(feature = "series")]
@@ -454,9 +454,7 @@ impl<R: Record> PublisherCache<R> {
         if part.len() >= segment.len() / 4 {
             self.hand(names, Arc::clone(segment), part);
         } else {
-            let copies = segment[part].to_vec();
-            let len = copies.len();
-            self.hand(names, Arc::new(copies), 0..len);
+            self.hand_copy_of(names, &segment[part]);
         }
     }
 
@@ -488,13 +486,20 @@ impl<R: Record> PublisherCache<R> {
         let records = ring.open_from(self.handed);
         let count = records.len().min((until - self.handed) as usize);
         if count > 0 {
-            self.hand(names, Arc::new(records[..count].to_vec()), 0..count);
+            self.hand_copy_of(names, &records[..count]);
         }
+    }
+
+    /// Hands a copy of `records` to every queued publisher.
+    fn hand_copy_of(&self, names: &Interner, records: &[R]) {
+        let copy = records.to_vec();
+        let len = copy.len();
+        self.hand(names, Arc::new(copy), 0..len);
     }
 
     /// Hands `part` of `records` to every queued publisher, in batches no larger than the
     /// queue.
-    fn hand(&self, names: &Interner, records: Arc<Vec<R>>, part: std::ops::Range<usize>) {
+    fn hand(&self, names: &Interner, records: Segment<R>, part: std::ops::Range<usize>) {
         let most = self.queue_capacity.max(1);
         let mut from = part.start;
         while from < part.end {

@@ -22,7 +22,7 @@ use super::InPlace;
 use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
-use crate::store::{Interner, Names};
+use crate::store::{Interner, Names, Segment};
 
 /// A public record on its way to a publisher on its own (from a [`CompositePublisher`]).
 ///
@@ -55,13 +55,13 @@ impl Batch {
 /// handed over before their segment was full).
 #[derive(Debug)]
 pub(crate) struct Run<R> {
-    segment: Arc<Vec<R>>,
+    segment: Segment<R>,
     range: Range<usize>,
 }
 
 impl<R> Run<R> {
     /// The records of `segment` in `range`, which must lie within it.
-    pub(crate) fn new(segment: Arc<Vec<R>>, range: Range<usize>) -> Self {
+    pub(crate) fn new(segment: Segment<R>, range: Range<usize>) -> Self {
         debug_assert!(range.end <= segment.len());
         Run { segment, range }
     }
