@@ -219,13 +219,14 @@ impl Shared {
         }
     }
 
-    /// Asks the sender to send everything and end, giving up what is left at `deadline`.
-    /// Returns whether this call was the first to ask.
+    /// Asks the sender to send everything and end, giving up what is left shortly before
+    /// `deadline` ([`settle_by`](crate::publish::settle_by)), so that a caller waiting until
+    /// `deadline` reads final figures. Returns whether this call was the first to ask.
     pub(crate) fn close(&self, deadline: Instant) -> bool {
         let mut st = self.lock();
         let first = st.closing.is_none();
         if first {
-            st.closing = Some(deadline);
+            st.closing = Some(crate::publish::settle_by(deadline));
         }
         drop(st);
         self.work.notify_all();

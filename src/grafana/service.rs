@@ -319,7 +319,7 @@ impl Service {
                     }
                 },
                 Ok(Command::Shutdown(deadline, ack)) => {
-                    let _ = ack.send(self.finish(deadline));
+                    let _ = ack.send(self.finish(crate::publish::settle_by(deadline)));
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}

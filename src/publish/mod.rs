@@ -14,12 +14,21 @@ pub(crate) mod worker;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use composite::CompositePublisher;
 pub use dispatch::PipelineHealth;
 
 use crate::record::{EventMetrics, EventRef, NetworkMetrics, NetworkRef};
+
+/// When a background thread asked to finish by `deadline` stops trying and settles its
+/// figures: a tenth of the time left, at most 100 ms, before `deadline`. The caller waits until
+/// `deadline` itself, so it hears the outcome (and reads final figures) instead of racing the
+/// thread's last bookkeeping.
+pub(crate) fn settle_by(deadline: Instant) -> Instant {
+    let left = deadline.saturating_duration_since(Instant::now());
+    deadline - (left / 10).min(Duration::from_millis(100))
+}
 
 /// A backend that receives finished records.
 ///

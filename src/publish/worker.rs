@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 #[cfg(feature = "series")]
 use super::InPlace;
-use super::{MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
+use super::{settle_by, MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
 use crate::store::{Interner, Names, Segment};
@@ -392,7 +392,7 @@ fn run(
                 let _ = ack.send(contained(&name, || publisher.flush(deadline)));
             }
             Message::Shutdown(deadline, ack) => {
-                let _ = ack.send(contained(&name, || publisher.shutdown(deadline)));
+                let _ = ack.send(contained(&name, || publisher.shutdown(settle_by(deadline))));
                 return;
             }
         }
