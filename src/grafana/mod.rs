@@ -393,7 +393,7 @@ impl MetricsPublisher for GrafanaCloudPublisher {
     /// The series, updated by the recording threads themselves: a record costs a few atomic
     /// additions there and never waits in a queue.
     fn in_place(&self) -> Option<InPlace> {
-        Some(InPlace::new(Arc::clone(&self.shared.series)))
+        Some(InPlace::new(Arc::clone(&self.shared.series)).flushing())
     }
 
     /// Pushes a snapshot now and waits until it is stored, refused or dropped, or until

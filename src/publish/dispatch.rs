@@ -268,6 +268,14 @@ pub struct PipelineHealth {
 }
 
 impl PipelineHealth {
+    /// Health of no pipeline: every figure zero or empty.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        PipelineHealth {
+            dispatcher: Weak::new(),
+        }
+    }
+
     fn read<T: Default>(&self, f: impl FnOnce(&Dispatcher) -> T) -> T {
         self.dispatcher.upgrade().map(|d| f(&d)).unwrap_or_default()
     }

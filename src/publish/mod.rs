@@ -156,15 +156,30 @@ pub trait MetricsPublisher: Send {
 pub struct InPlace {
     #[cfg(feature = "series")]
     pub(crate) series: Arc<crate::series::PipelineSeries>,
+    /// Whether the publisher's own `flush` does something (Grafana Cloud pushes). If not, a
+    /// flush with nothing queued is answered without a round trip to the delivery thread.
+    #[cfg(feature = "series")]
+    pub(crate) flushes: bool,
     _sealed: (),
 }
 
 impl InPlace {
+    /// Aggregates whose publisher has nothing to do on `flush`.
     #[cfg(feature = "series")]
     pub(crate) fn new(series: Arc<crate::series::PipelineSeries>) -> Self {
         InPlace {
             series,
+            flushes: false,
             _sealed: (),
+        }
+    }
+
+    /// The publisher's `flush` does work of its own, on its delivery thread.
+    #[cfg(feature = "grafana")]
+    pub(crate) fn flushing(self) -> Self {
+        InPlace {
+            flushes: true,
+            ..self
         }
     }
 }

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -106,7 +106,9 @@ pub(crate) struct Worker {
     tx: Sender<Message>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    thread_id: ThreadId,
+    /// The delivery thread, unparked by flush and shutdown requests so that they do not wait
+    /// out its nap.
+    handle: Thread,
     capacity: usize,
     closed: AtomicBool,
     shutdown_timeout: Duration,
@@ -152,7 +154,7 @@ impl Worker {
             name,
             tx,
             counters,
-            thread_id: thread.thread().id(),
+            handle: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
@@ -227,6 +229,15 @@ impl Worker {
                 publisher: self.name.clone(),
             });
         }
+        #[cfg(feature = "series")]
+        if self.in_place.as_ref().is_some_and(|p| !p.flushes)
+            && self.tx.is_empty()
+            && self.counters.queued.load(Ordering::Acquire) == 0
+        {
+            // Every record reached the aggregates on its recording thread and the publisher's
+            // own flush does nothing: waking its thread would only cost the caller tens of µs.
+            return Ok(());
+        }
         self.request(deadline, Message::Flush)
     }
 
@@ -250,7 +261,7 @@ impl Worker {
 
     /// Whether the caller is the worker's delivery thread itself.
     fn on_own_thread(&self) -> bool {
-        std::thread::current().id() == self.thread_id
+        std::thread::current().id() == self.handle.id()
     }
 
     fn request(
@@ -268,6 +279,7 @@ impl Worker {
                 publisher: self.name.clone(),
             });
         }
+        self.handle.unpark();
         if self.on_own_thread() {
             // Asked from the worker's own thread (its pipeline was dropped while it collected
             // records): it handles the request when this call returns; waiting would deadlock.
@@ -323,7 +335,8 @@ fn next(rx: &Receiver<Message>, collect: &dyn Fn(), last_collect: &mut Instant) 
         }
         if naps < IDLE_NAPS {
             naps += 1;
-            std::thread::sleep(IDLE_NAP);
+            // Woken early by a flush or shutdown (`unpark`); records never wake it.
+            std::thread::park_timeout(IDLE_NAP);
             continue;
         }
         match rx.recv_timeout(IDLE_COLLECT) {
@@ -492,6 +505,79 @@ mod tests {
             worker.flush(Instant::now() + Duration::from_secs(1)),
             Err(PublishError::Closed { .. })
         ));
+    }
+
+    /// An in-place publisher whose thread can be held inside `on_attach`, and which counts
+    /// its own flushes.
+    #[cfg(feature = "series")]
+    struct HeldInPlace {
+        held: Mutex<mpsc::Receiver<()>>,
+        flushes: bool,
+        flushed: Arc<AtomicU64>,
+    }
+
+    #[cfg(feature = "series")]
+    impl MetricsPublisher for HeldInPlace {
+        fn on_attach(&self, _: PipelineHealth) {
+            let _ = self.held.lock().unwrap().recv();
+        }
+        fn in_place(&self) -> Option<InPlace> {
+            let series = Arc::new(crate::series::PipelineSeries::new(Default::default()));
+            let in_place = InPlace::new(series);
+            Some(InPlace {
+                flushes: self.flushes,
+                ..in_place
+            })
+        }
+        fn flush(&self, _: Instant) -> Result<(), PublishError> {
+            self.flushed.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[cfg(feature = "series")]
+    #[test]
+    fn a_flush_skips_the_thread_only_when_nothing_is_queued_and_the_publisher_has_no_flush() {
+        for flushes in [false, true] {
+            let (release, held) = mpsc::channel();
+            let flushed = Arc::new(AtomicU64::new(0));
+            let worker = Worker::spawn(
+                Box::new(HeldInPlace {
+                    held: Mutex::new(held),
+                    flushes,
+                    flushed: Arc::clone(&flushed),
+                }),
+                4,
+                Duration::from_secs(5),
+                Box::new(|| {}),
+            )
+            .unwrap();
+            // Hold the thread inside `on_attach`, the message taken off the queue.
+            worker.attach(PipelineHealth::detached());
+            while !worker.tx.is_empty() {
+                std::thread::yield_now();
+            }
+            let quick = worker.flush(Instant::now() + Duration::from_millis(50));
+            if flushes {
+                // Its flush must run on its thread, which is held: the deadline passes.
+                assert!(
+                    matches!(quick, Err(PublishError::DeadlineExceeded { .. })),
+                    "{quick:?}"
+                );
+            } else {
+                // Nothing to deliver and nothing to flush: answered without the thread.
+                assert!(quick.is_ok(), "{quick:?}");
+            }
+            release.send(()).unwrap();
+            worker
+                .flush(Instant::now() + Duration::from_secs(5))
+                .unwrap();
+            // A flush that skipped the thread did not call the publisher's.
+            assert_eq!(flushed.load(Ordering::Relaxed), u64::from(flushes) * 2);
+            worker
+                .shutdown(Instant::now() + Duration::from_secs(5))
+                .unwrap();
+        }
     }
 
     struct Panicky;
