@@ -269,7 +269,7 @@ pub struct PipelineHealth {
 
 impl PipelineHealth {
     /// Health of no pipeline: every figure zero or empty.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "series"))]
     pub(crate) fn detached() -> Self {
         PipelineHealth {
             dispatcher: Weak::new(),
