@@ -43,8 +43,9 @@
 //! Run everything and get the table: `scripts/bench.sh` (see BENCHMARKS.md). By hand:
 //! `CARGO_TARGET_DIR=/work/target-peers cargo bench --bench peers`.
 //!
-//! `PEERS_BENCH_DRIVE=<contender>,<string|static>,<prefill>,<events>` instead runs a plain
-//! driver without criterion: `<prefill>` events, then `<events>` events inside
+//! `PEERS_BENCH_DRIVE=<contender>,<string|static>,<prefill>,<events>[,<retention>]` instead
+//! runs a plain driver without criterion (`<retention>`: records this library keeps, default
+//! 100,000): `<prefill>` events, then `<events>` events inside
 //! `measured_events` on one thread, then prints wall time per event and the peak RSS (`VmHWM`).
 //! `scripts/bench.sh` runs it under callgrind (instructions per event: the calling thread's
 //! inside `measured_events`, and all threads' by difference of two event counts; both less
@@ -1048,7 +1049,7 @@ fn drive_with<L: Label, C: Contender<L>>(c: &C, prefill: usize, events: usize) {
 fn drive(spec: &str) {
     const USAGE: &str =
         "PEERS_BENCH_DRIVE=<harness|floor|ours|ours-records|metrics|prometheus-client|prometheus|otel>,\
-         <string|static>,<prefill>,<events>";
+         <string|static>,<prefill>,<events>[,<retention, ours only>]";
     let fields: Vec<&str> = spec.split(',').map(str::trim).collect();
     let number = |i: usize| -> usize {
         fields
@@ -1057,7 +1058,11 @@ fn drive(spec: &str) {
             .expect(USAGE)
     };
     let (prefill, events) = (number(2), number(3));
-    let retention = pipeline_telemetry::config::DEFAULT_RETENTION;
+    let retention = if fields.len() > 4 {
+        number(4)
+    } else {
+        pipeline_telemetry::config::DEFAULT_RETENTION
+    };
     macro_rules! both {
         ($c:expr) => {
             match fields[1] {
