@@ -352,8 +352,9 @@ impl MetricsPublisher for ElasticsearchPublisher {
             })
     }
 
-    /// Sends everything buffered, retrying until `deadline`, then ends the sender thread.
-    /// Documents still unsent at the deadline are dropped and counted (`dropped_shutdown`).
+    /// Sends everything buffered, retrying until shortly before `deadline` (a tenth of the
+    /// time left, at most 100 ms, is kept for the sender to settle its figures), then ends the
+    /// sender thread. Documents still unsent then are dropped and counted (`dropped_shutdown`).
     /// Records arriving afterwards are refused with [`PublishError::Closed`].
     fn shutdown(&self, deadline: Instant) -> Result<(), PublishError> {
         self.shared.close(deadline);

@@ -331,3 +331,24 @@ pub struct PublisherStats {
     /// Records waiting in its queue now.
     pub queued: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_background_thread_settles_a_tenth_early_and_at_most_100_ms_early() {
+        let now = Instant::now();
+        // 90 ms early, less a tenth of the moments that passed since `now`.
+        let short = now + Duration::from_millis(900);
+        let early = short - settle_by(short);
+        assert!(
+            early > Duration::from_millis(60) && early <= Duration::from_millis(90),
+            "{early:?}"
+        );
+        let long = now + Duration::from_secs(60);
+        assert_eq!(long - settle_by(long), Duration::from_millis(100));
+        // A deadline already passed is kept as it is.
+        assert_eq!(settle_by(now), now);
+    }
+}

@@ -226,10 +226,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn counting_and_searching_find_the_same_bucket(
-            mut bounds in proptest::collection::btree_set(0u64..1_000_000, 1..80),
+            bounds in proptest::collection::btree_set(0u64..1_000_000, 1..80),
             values in proptest::collection::vec(0u64..1_100_000, 1..50),
         ) {
-            let bounds: Vec<u64> = std::mem::take(&mut bounds).into_iter().collect();
+            let bounds: Vec<u64> = bounds.into_iter().collect();
             for value in values.into_iter().chain(bounds.iter().copied()) {
                 let expected = bounds.iter().position(|&b| b >= value).unwrap_or(bounds.len());
                 proptest::prop_assert_eq!(bucket_of(&bounds, value), expected);
