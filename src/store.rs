@@ -668,6 +668,10 @@ impl<R: Record> Store<R> {
     ) -> Result<(), TelemetryError> {
         let start_mono = self.mono_now();
         let hash = self.hasher.hash_one(task_id);
+        // Copied before the lock: by the time the record is written into the table the copy
+        // is settled in the cache, where reading it straight after its bytes were stored would
+        // wait for them (a wider load cannot take narrower stores still in flight).
+        let id = TaskId::from(task_id);
         let home = self.home();
         let already = || TelemetryError::AlreadyInFlight {
             task_id: task_id.to_owned(),
@@ -706,7 +710,7 @@ impl<R: Record> Store<R> {
                 return Err(already());
             };
             place.insert(make(Start {
-                task_id: TaskId::from(task_id),
+                task_id: id,
                 key_hash: hash as u32,
                 start_wall_ns: shard.clock.wall_ns(start_mono),
                 start_mono,
