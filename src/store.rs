@@ -750,13 +750,15 @@ impl<R: Record> Store<R> {
         // Filled under the lock, freed after it: freeing is the slowest part.
         let mut freed: Freed<R> = [None, None];
         let found = self.with_in_flight(hash, |index, shard| {
-            let entry = shard
+            let mut entry = shard
                 .in_flight
                 .find_entry(hash, |r| r.task_id() == task_id)
                 .ok()?;
-            let (mut record, _) = entry.remove();
-            (end.take()?)(&mut record);
-            R::account(&mut shard.totals, &record);
+            // Finished in the table, then moved out whole: the other order has the move into
+            // the ring read the changed fields straight after their stores.
+            (end.take()?)(entry.get_mut());
+            R::account(&mut shard.totals, entry.get());
+            let (record, _) = entry.remove();
             let place = Place {
                 index,
                 fronts: &self.fronts,
