@@ -339,7 +339,7 @@ mod tests {
     #[test]
     fn a_background_thread_settles_a_tenth_early_and_at_most_100_ms_early() {
         let now = Instant::now();
-        // 90 ms early, less a tenth of the moments that passed since `now`.
+        // A tenth of the 900 ms left: 90 ms early, a little less by the time it is computed.
         let short = now + Duration::from_millis(900);
         let early = short - settle_by(short);
         assert!(
