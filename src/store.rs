@@ -194,10 +194,6 @@ impl<R: Record> Shard<R> {
         }
     }
 
-    fn at(&self, seq: u64) -> &R {
-        self.finished.get(seq)
-    }
-
     /// The sequence number of the newest finished record with this id.
     fn newest_finished(&mut self, key_hash: u32, task_id: &str) -> Option<u64> {
         if self.index.is_none() {
@@ -819,7 +815,7 @@ impl<R: Record> Store<R> {
             let Some(seq) = shard.newest_finished(hash as u32, task_id) else {
                 continue;
             };
-            let record = shard.at(seq);
+            let record = shard.finished.get(seq);
             if newest
                 .as_ref()
                 .is_none_or(|(start, _)| record.start_mono() > *start)
