@@ -270,7 +270,7 @@ impl TelemetryLogger {
 #[must_use = "dropping the guard ends the event at once"]
 pub struct EventGuard<'a> {
     logger: &'a TelemetryLogger,
-    /// Inline up to 24 bytes: a guard for a short id allocates nothing.
+    /// Inline up to 22 bytes: a guard for a short id allocates nothing.
     task_id: TaskId,
     ended: bool,
 }
@@ -356,7 +356,7 @@ impl Record for EventRecord {
     type Totals = EventTotals;
 
     #[inline]
-    fn task_id(&self) -> &str {
+    fn task_id(&self) -> &TaskId {
         &self.task_id
     }
 

@@ -245,7 +245,7 @@ impl NetworkTelemetry {
 #[must_use = "dropping the guard ends the operation at once"]
 pub struct NetworkGuard<'a> {
     telemetry: &'a NetworkTelemetry,
-    /// Inline up to 24 bytes: a guard for a short id allocates nothing.
+    /// Inline up to 22 bytes: a guard for a short id allocates nothing.
     task_id: TaskId,
     bytes_sent: u64,
     bytes_received: u64,
@@ -304,7 +304,7 @@ impl Record for NetworkRecord {
     type Totals = NetworkCounts;
 
     #[inline]
-    fn task_id(&self) -> &str {
+    fn task_id(&self) -> &TaskId {
         &self.task_id
     }
 

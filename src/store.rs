@@ -25,7 +25,6 @@
 //! so the store stays close to oldest-first however threads come and go.
 
 use std::cell::Cell;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -40,18 +39,17 @@ use crate::publish::worker::{Batch, Run};
 mod claims;
 mod interner;
 mod ring;
+mod task_id;
 use claims::{Claims, Homes};
 pub(crate) use interner::{Interner, Name, Names};
 pub(crate) use ring::{Ring, Segment};
-
-/// A task id: short ids (up to 24 bytes) are stored inline, without an allocation.
-pub(crate) type TaskId = compact_str::CompactString;
+pub(crate) use task_id::{TaskId, TaskKey};
 
 /// What a store needs from the records it keeps.
 pub(crate) trait Record: Clone + Send + Sync + 'static {
     /// Exact running totals over finished records.
     type Totals: Default + Send;
-    fn task_id(&self) -> &str;
+    fn task_id(&self) -> &TaskId;
     /// The low 32 bits of the task id's hash, kept so eviction never reads the id again.
     fn key_hash(&self) -> u32;
     /// Monotonic start, used to list records in the order they started.
@@ -195,14 +193,14 @@ impl<R: Record> Shard<R> {
     }
 
     /// The sequence number of the newest finished record with this id.
-    fn newest_finished(&mut self, key_hash: u32, task_id: &str) -> Option<u64> {
+    fn newest_finished(&mut self, key_hash: u32, key: TaskKey<'_>) -> Option<u64> {
         if self.index.is_none() {
             self.build_index();
         }
         let index = self.index.as_ref()?;
         index
             .find(index_hash(key_hash), |&seq| {
-                self.finished.get(seq).task_id() == task_id
+                key.is(self.finished.get(seq).task_id())
             })
             .copied()
     }
@@ -594,7 +592,7 @@ impl<R: Record> Store<R> {
             let shard = self.lock(index);
             for record in shard.in_flight.iter() {
                 claims
-                    .lock(self.hasher.hash_one(record.task_id()))
+                    .lock(record.task_id().key().hash(&self.hasher))
                     .claim(index);
             }
         }
@@ -645,12 +643,12 @@ impl<R: Record> Store<R> {
     }
 
     /// Whether one of the `homes` shards holds `task_id` in flight.
-    fn in_flight_in(&self, homes: Homes, hash: u64, task_id: &str) -> bool {
+    fn in_flight_in(&self, homes: Homes, hash: u64, key: TaskKey<'_>) -> bool {
         shards_of(homes).any(|index| {
             let shard = self.lock(index);
             shard
                 .in_flight
-                .find(hash, |r| r.task_id() == task_id)
+                .find(hash, |r| key.is(r.task_id()))
                 .is_some()
         })
     }
@@ -663,11 +661,9 @@ impl<R: Record> Store<R> {
         make: impl FnOnce(Start<'_>) -> R,
     ) -> Result<(), TelemetryError> {
         let start_mono = self.mono_now();
-        let hash = self.hasher.hash_one(task_id);
-        // Copied before the lock: by the time the record is written into the table the copy
-        // is settled in the cache, where reading it straight after its bytes were stored would
-        // wait for them (a wider load cannot take narrower stores still in flight).
-        let id = TaskId::from(task_id);
+        let key = TaskKey::new(task_id);
+        let hash = key.hash(&self.hasher);
+        let id = key.to_id();
         let home = self.home();
         let already = || TelemetryError::AlreadyInFlight {
             task_id: task_id.to_owned(),
@@ -677,7 +673,7 @@ impl<R: Record> Store<R> {
             let claim = self.claims_for_start(home).map(|claims| claims.lock(hash));
             if let Some(claim) = &claim {
                 let homes = claim.homes();
-                if homes != 0 && self.in_flight_in(homes, hash, task_id) {
+                if homes != 0 && self.in_flight_in(homes, hash, key) {
                     return Err(already());
                 }
             }
@@ -699,8 +695,8 @@ impl<R: Record> Store<R> {
             let hasher = &self.hasher;
             let place = shard.in_flight.entry(
                 hash,
-                |r| r.task_id() == task_id,
-                |r| hasher.hash_one(r.task_id()),
+                |r| key.is(r.task_id()),
+                |r| r.task_id().key().hash(hasher),
             );
             let hashbrown::hash_table::Entry::Vacant(place) = place else {
                 return Err(already());
@@ -725,10 +721,11 @@ impl<R: Record> Store<R> {
         task_id: &str,
         change: impl FnOnce(&mut R) -> T,
     ) -> Result<T, TelemetryError> {
-        let hash = self.hasher.hash_one(task_id);
+        let key = TaskKey::new(task_id);
+        let hash = key.hash(&self.hasher);
         let mut change = Some(change);
         let found = self.with_in_flight(hash, |_, shard| {
-            let record = shard.in_flight.find_mut(hash, |r| r.task_id() == task_id)?;
+            let record = shard.in_flight.find_mut(hash, |r| key.is(r.task_id()))?;
             change.take().map(|change| change(record))
         });
         found.map(|(t, _, _)| t).ok_or_else(|| unknown(task_id))
@@ -741,14 +738,15 @@ impl<R: Record> Store<R> {
         task_id: &str,
         end: impl FnOnce(&mut R),
     ) -> Result<(), TelemetryError> {
-        let hash = self.hasher.hash_one(task_id);
+        let key = TaskKey::new(task_id);
+        let hash = key.hash(&self.hasher);
         let mut end = Some(end);
         // Filled under the lock, freed after it: freeing is the slowest part.
         let mut freed: Freed<R> = [None, None];
         let found = self.with_in_flight(hash, |index, shard| {
             let mut entry = shard
                 .in_flight
-                .find_entry(hash, |r| r.task_id() == task_id)
+                .find_entry(hash, |r| key.is(r.task_id()))
                 .ok()?;
             // Finished in the table, then moved out whole: the other order has the move into
             // the ring read the changed fields straight after their stores.
@@ -800,9 +798,10 @@ impl<R: Record> Store<R> {
     /// Applies `read` to the record with this id: the in-flight one if there is one, else the
     /// newest retained finished one.
     pub(crate) fn get<T>(&self, task_id: &str, read: impl Fn(&R, &Interner) -> T) -> Option<T> {
-        let hash = self.hasher.hash_one(task_id);
+        let key = TaskKey::new(task_id);
+        let hash = key.hash(&self.hasher);
         let in_flight = self.with_in_flight(hash, |_, shard| {
-            let record = shard.in_flight.find(hash, |r| r.task_id() == task_id)?;
+            let record = shard.in_flight.find(hash, |r| key.is(r.task_id()))?;
             Some(read(record, &shard.names))
         });
         if let Some((found, _, _)) = in_flight {
@@ -812,7 +811,7 @@ impl<R: Record> Store<R> {
         for index in 0..self.shards.len() {
             let mut guard = self.lock(index);
             let shard = &mut *guard;
-            let Some(seq) = shard.newest_finished(hash as u32, task_id) else {
+            let Some(seq) = shard.newest_finished(hash as u32, key) else {
                 continue;
             };
             let record = shard.finished.get(seq);
@@ -1204,7 +1203,7 @@ mod tests {
         let claims = s.claims.as_ref().unwrap();
         for id in ids(0).chain(ids(1)) {
             assert_eq!(
-                claims.homes(s.hasher.hash_one(&id)),
+                claims.homes(TaskKey::new(&id).hash(&s.hasher)),
                 0,
                 "{id} still claimed"
             );
