@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::store::{Interner, Name, TaskId};
+use crate::store::{Interner, Name, OwnsHeap, TaskId};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
@@ -481,6 +481,31 @@ pub(crate) struct EventRecord {
     pub(crate) status: Status,
 }
 
+impl OwnsHeap for EventRecord {
+    #[inline]
+    fn owns_heap(&self) -> bool {
+        self.task_id.owns_heap() || self.event_name.owns_heap() || self.error.is_some()
+    }
+}
+
+/// A blank record, owning nothing: what a dropped retained record leaves in its place.
+impl Default for EventRecord {
+    fn default() -> Self {
+        EventRecord {
+            task_id: TaskId::default(),
+            event_name: Name::default(),
+            error: None,
+            start_wall_ns: 0,
+            start_mono: 0,
+            duration_ns: 0,
+            retry_count: 0,
+            process_id: 0,
+            key_hash: 0,
+            status: Status::Pending,
+        }
+    }
+}
+
 impl EventRecord {
     /// The public record; `names` is the interner of the shard the record lives in.
     pub(crate) fn to_public(&self, names: &Interner) -> EventMetrics {
@@ -505,7 +530,7 @@ impl EventRecord {
 }
 
 /// The compact form of a network operation the store keeps.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct NetworkRecord {
     pub(crate) task_id: TaskId,
     pub(crate) host: Name,
@@ -519,6 +544,16 @@ pub(crate) struct NetworkRecord {
     pub(crate) key_hash: u32,
     pub(crate) port: u16,
     pub(crate) ended: bool,
+}
+
+impl OwnsHeap for NetworkRecord {
+    #[inline]
+    fn owns_heap(&self) -> bool {
+        self.task_id.owns_heap()
+            || self.host.owns_heap()
+            || self.operation.owns_heap()
+            || self.error.is_some()
+    }
 }
 
 impl NetworkRecord {
@@ -557,6 +592,54 @@ mod tests {
         // on the recording path. Growing it should be a decision, not an accident.
         assert_eq!(std::mem::size_of::<EventRecord>(), 88);
         assert_eq!(std::mem::size_of::<NetworkRecord>(), 112);
+    }
+
+    #[test]
+    fn a_record_owns_heap_memory_exactly_when_one_of_its_parts_does() {
+        // A retained record said to own nothing is never dropped (see `store::ring::Records`):
+        // each part that can allocate must make the record say so.
+        let long_id = TaskId::from("an id longer than twenty-two bytes");
+        let own_name = Name::Own(Arc::from("name"));
+        let error = Some(cut_error("boom"));
+        let event = EventRecord::default();
+        assert!(!event.owns_heap());
+        assert!(EventRecord {
+            task_id: long_id.clone(),
+            ..EventRecord::default()
+        }
+        .owns_heap());
+        assert!(EventRecord {
+            event_name: own_name.clone(),
+            ..EventRecord::default()
+        }
+        .owns_heap());
+        assert!(EventRecord {
+            error: error.clone(),
+            ..EventRecord::default()
+        }
+        .owns_heap());
+        let op = NetworkRecord::default();
+        assert!(!op.owns_heap());
+        assert!(NetworkRecord {
+            task_id: long_id,
+            ..NetworkRecord::default()
+        }
+        .owns_heap());
+        assert!(NetworkRecord {
+            host: own_name.clone(),
+            ..NetworkRecord::default()
+        }
+        .owns_heap());
+        assert!(NetworkRecord {
+            operation: own_name,
+            ..NetworkRecord::default()
+        }
+        .owns_heap());
+        assert!(NetworkRecord {
+            error,
+            ..NetworkRecord::default()
+        }
+        .owns_heap());
     }
 
     #[test]

@@ -42,11 +42,11 @@ mod ring;
 mod task_id;
 use claims::{Claims, Homes};
 pub(crate) use interner::{Interner, Name, Names};
-pub(crate) use ring::{Ring, Segment};
+pub(crate) use ring::{OwnsHeap, Records, Ring, Segment};
 pub(crate) use task_id::{TaskId, TaskKey};
 
 /// What a store needs from the records it keeps.
-pub(crate) trait Record: Clone + Send + Sync + 'static {
+pub(crate) trait Record: OwnsHeap + Clone + Send + Sync + 'static {
     /// Exact running totals over finished records.
     type Totals: Default + Send;
     fn task_id(&self) -> &TaskId;

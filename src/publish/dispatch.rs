@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::worker::{Run, Worker};
 use super::{MetricsPublisher, PublishError, PublisherStats};
 use crate::error::TelemetryError;
-use crate::store::{Interner, Record, Ring, Segment};
+use crate::store::{Interner, Record, Records, Ring, Segment};
 
 /// Records aggregated in place between two updates of the publisher's delivered count.
 #[cfg(feature = "series")]
@@ -462,7 +462,7 @@ impl<R: Record> PublisherCache<R> {
         if part.len() >= segment.len() / 4 {
             self.hand(names, Arc::clone(segment), part);
         } else {
-            self.hand_copy_of(names, &segment[part]);
+            self.hand_copy_of(names, segment.range(part));
         }
     }
 
@@ -494,13 +494,13 @@ impl<R: Record> PublisherCache<R> {
         let records = ring.open_from(self.handed);
         let count = records.len().min((until - self.handed) as usize);
         if count > 0 {
-            self.hand_copy_of(names, &records[..count]);
+            self.hand_copy_of(names, records.take(count));
         }
     }
 
     /// Hands a copy of `records` to every queued publisher.
-    fn hand_copy_of(&self, names: &Interner, records: &[R]) {
-        let copy = records.to_vec();
+    fn hand_copy_of<'r>(&self, names: &Interner, records: impl Iterator<Item = &'r R>) {
+        let copy: Records<R> = records.cloned().collect();
         let len = copy.len();
         self.hand(names, Arc::new(copy), 0..len);
     }

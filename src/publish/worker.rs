@@ -22,7 +22,7 @@ use super::InPlace;
 use super::{settle_by, MetricsPublisher, PipelineHealth, PublishError, PublisherStats};
 use crate::error::TelemetryError;
 use crate::record::{EventMetrics, EventRecord, NetworkMetrics, NetworkRecord};
-use crate::store::{Interner, Names, Segment};
+use crate::store::{Interner, Names, OwnsHeap, Segment};
 
 /// A public record on its way to a publisher on its own (from a [`CompositePublisher`]).
 ///
@@ -54,24 +54,24 @@ impl Batch {
 /// Consecutive records of a store segment, shared with the store (or copies, for records
 /// handed over before their segment was full).
 #[derive(Debug)]
-pub(crate) struct Run<R> {
+pub(crate) struct Run<R: OwnsHeap> {
     segment: Segment<R>,
     range: Range<usize>,
 }
 
-impl<R> Run<R> {
+impl<R: OwnsHeap> Run<R> {
     /// The records of `segment` in `range`, which must lie within it.
     pub(crate) fn new(segment: Segment<R>, range: Range<usize>) -> Self {
         debug_assert!(range.end <= segment.len());
         Run { segment, range }
     }
 
-    pub(crate) fn records(&self) -> &[R] {
-        &self.segment[self.range.clone()]
+    pub(crate) fn records(&self) -> impl ExactSizeIterator<Item = &R> + Clone {
+        self.segment.range(self.range.clone())
     }
 }
 
-impl<R> Clone for Run<R> {
+impl<R: OwnsHeap> Clone for Run<R> {
     fn clone(&self) -> Self {
         Run {
             segment: Arc::clone(&self.segment),

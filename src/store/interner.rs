@@ -36,7 +36,21 @@ pub(crate) enum Name {
     Own(Arc<str>),
 }
 
+/// A name that owns nothing and reads as the empty string (no interner holds this many
+/// names): what a blank record holds.
+impl Default for Name {
+    fn default() -> Self {
+        Name::Shared(u32::MAX)
+    }
+}
+
 impl Name {
+    /// Whether the name holds its own copy.
+    #[inline]
+    pub(crate) fn owns_heap(&self) -> bool {
+        matches!(self, Name::Own(_))
+    }
+
     /// Its position in the shard's interner, if it has one.
     #[cfg(feature = "series")]
     #[inline]

@@ -10,13 +10,110 @@
 //! Eviction only moves the oldest retained record's number; a segment is freed once all its
 //! records are evicted and no delivery thread still holds it. Memory therefore runs at most
 //! two segments per shard past the retention (a partly evicted oldest one, a partly filled
-//! newest one).
+//! newest one). Freeing a segment drops only the records that own heap memory (see
+//! [`Records`]).
 
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 /// Records of one segment. Sealed segments are full and never change.
-pub(crate) type Segment<R> = Arc<Vec<R>>;
+pub(crate) type Segment<R> = Arc<Records<R>>;
+
+/// What the ring asks of a record: whether dropping it frees anything.
+pub(crate) trait OwnsHeap: Default {
+    /// Whether the record holds heap memory of its own (a long task id, an error message, a
+    /// name outside the interner). Must be true whenever dropping the record would free
+    /// anything: a record said to own nothing is never dropped.
+    fn owns_heap(&self) -> bool;
+}
+
+/// The records of a segment, in the order pushed. Most records own no heap memory, and
+/// dropping them does nothing, but dropping them one by one still reads each: a segment's
+/// worth of records long out of the cache. So records are kept undropped, those that own
+/// heap memory are listed as they are pushed, and only those are dropped with the segment.
+pub(crate) struct Records<R: OwnsHeap> {
+    records: Vec<ManuallyDrop<R>>,
+    /// Positions of the records that own heap memory.
+    owning: Vec<u32>,
+}
+
+impl<R: OwnsHeap> Records<R> {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Records {
+            records: Vec::with_capacity(capacity),
+            owning: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, record: R) {
+        if record.owns_heap() {
+            self.owning.push(self.records.len() as u32);
+        }
+        self.records.push(ManuallyDrop::new(record));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.records.capacity()
+    }
+
+    fn last(&self) -> Option<&R> {
+        self.records.last().map(|r| &**r)
+    }
+
+    /// The records in `range` (which must lie within the segment), in order.
+    pub(crate) fn range(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl ExactSizeIterator<Item = &R> + Clone {
+        self.records[range].iter().map(|r| &**r)
+    }
+
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &R> + Clone {
+        self.range(0..self.len())
+    }
+}
+
+impl<R: OwnsHeap> std::fmt::Debug for Records<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records")
+            .field("len", &self.len())
+            .field("owning_heap", &self.owning.len())
+            .finish()
+    }
+}
+
+impl<R: OwnsHeap> std::ops::Index<usize> for Records<R> {
+    type Output = R;
+
+    #[inline]
+    fn index(&self, index: usize) -> &R {
+        &self.records[index]
+    }
+}
+
+impl<R: OwnsHeap> FromIterator<R> for Records<R> {
+    fn from_iter<I: IntoIterator<Item = R>>(records: I) -> Self {
+        let mut all = Records::with_capacity(0);
+        records.into_iter().for_each(|r| all.push(r));
+        all
+    }
+}
+
+impl<R: OwnsHeap> Drop for Records<R> {
+    fn drop(&mut self) {
+        for &at in &self.owning {
+            if let Some(record) = self.records.get_mut(at as usize) {
+                drop(ManuallyDrop::into_inner(std::mem::take(record)));
+            }
+        }
+    }
+}
 
 /// Most records per segment: a sealed segment is one hand-over to the publishers, so this is
 /// also the batch size a busy shard hands over (256 rather than 64 per batch took a no-op
@@ -25,9 +122,9 @@ const SEGMENT_MAX: usize = 256;
 /// Fewest records per segment.
 const SEGMENT_MIN: usize = 8;
 
-pub(crate) struct Ring<R> {
+pub(crate) struct Ring<R: OwnsHeap> {
     sealed: VecDeque<Segment<R>>,
-    open: Vec<R>,
+    open: Records<R>,
     /// Records per segment: `1 << shift`.
     shift: u32,
     /// Number of the first record in memory (`sealed[0][0]`, or `open[0]` with none sealed).
@@ -39,7 +136,7 @@ pub(crate) struct Ring<R> {
     end: u64,
 }
 
-impl<R> Ring<R> {
+impl<R: OwnsHeap> Ring<R> {
     /// A ring for a shard expected to retain about `share` records: segments are an eighth
     /// of that, between [`SEGMENT_MIN`] and [`SEGMENT_MAX`], so a small store does not hold
     /// many evicted records.
@@ -49,7 +146,7 @@ impl<R> Ring<R> {
             .clamp(SEGMENT_MIN, SEGMENT_MAX);
         Ring {
             sealed: VecDeque::new(),
-            open: Vec::new(),
+            open: Records::with_capacity(0),
             shift: len.ilog2(),
             base: 0,
             first: 0,
@@ -118,9 +215,9 @@ impl<R> Ring<R> {
     }
 
     /// The open segment's records numbered `from` and on (`from` at least [`Ring::open_base`]).
-    pub(crate) fn open_from(&self, from: u64) -> &[R] {
+    pub(crate) fn open_from(&self, from: u64) -> impl ExactSizeIterator<Item = &R> + Clone {
         let skip = from.saturating_sub(self.open_base()) as usize;
-        &self.open[skip.min(self.open.len())..]
+        self.open.range(skip.min(self.open.len())..self.open.len())
     }
 
     /// The retained records, oldest first.
@@ -138,11 +235,11 @@ impl<R> Ring<R> {
     pub(crate) fn push(&mut self, record: R) -> bool {
         let sealed = self.open.len() >= self.segment_len();
         if sealed {
-            let fresh = Vec::with_capacity(self.segment_len());
+            let fresh = Records::with_capacity(self.segment_len());
             let full = std::mem::replace(&mut self.open, fresh);
             self.sealed.push_back(Arc::new(full));
         } else if self.open.capacity() == 0 {
-            self.open.reserve_exact(self.segment_len());
+            self.open = Records::with_capacity(self.segment_len());
         }
         self.open.push(record);
         self.end += 1;
@@ -166,7 +263,7 @@ impl<R> Ring<R> {
     }
 }
 
-impl<R> std::fmt::Debug for Ring<R> {
+impl<R: OwnsHeap> std::fmt::Debug for Ring<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ring")
             .field("retained", &self.len())
@@ -178,6 +275,46 @@ impl<R> std::fmt::Debug for Ring<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl OwnsHeap for u64 {
+        fn owns_heap(&self) -> bool {
+            false
+        }
+    }
+
+    /// A record that may hold a reference count, to see which records a segment drops.
+    #[derive(Default)]
+    struct Holder(Option<Arc<()>>);
+
+    impl OwnsHeap for Holder {
+        fn owns_heap(&self) -> bool {
+            self.0.is_some()
+        }
+    }
+
+    #[test]
+    fn a_freed_segment_drops_exactly_the_records_that_own_heap_memory() {
+        let held = Arc::new(());
+        let mut ring = Ring::new(0);
+        for i in 0..40u64 {
+            ring.push(Holder((i % 3 == 0).then(|| Arc::clone(&held))));
+        }
+        assert_eq!(Arc::strong_count(&held), 1 + 14);
+        let mut dropped = 0;
+        while ring.len() > 0 {
+            let mut freed = None;
+            ring.pop_front(&mut freed);
+            dropped += freed.map_or(0, |s| s.len());
+        }
+        assert_eq!(dropped, 32, "four full segments of eight freed");
+        assert_eq!(
+            Arc::strong_count(&held),
+            1 + 3,
+            "records 33, 36 and 39 are in segments still in memory"
+        );
+        drop(ring);
+        assert_eq!(Arc::strong_count(&held), 1);
+    }
 
     fn pushed(share: usize, n: u64) -> Ring<u64> {
         let mut ring = Ring::new(share);
@@ -228,9 +365,9 @@ mod tests {
         assert!(sealed[8] && sealed[16]);
         let (first, segment) = ring.newest_sealed().unwrap();
         assert_eq!(first, 8);
-        assert_eq!(segment.as_slice(), &[8, 9, 10, 11, 12, 13, 14, 15]);
-        assert_eq!(ring.open_from(16), &[16]);
-        assert_eq!(ring.open_from(17), &[] as &[u64]);
+        assert!(segment.iter().eq(&[8, 9, 10, 11, 12, 13, 14, 15]));
+        assert!(ring.open_from(16).eq(&[16]));
+        assert_eq!(ring.open_from(17).len(), 0);
         assert_eq!(ring.newest(), Some(&16));
     }
 
@@ -273,7 +410,7 @@ mod tests {
                         proptest::prop_assert_eq!(len, ring.segment_len() as u64);
                         proptest::prop_assert_eq!(first + len, next);
                         let expected: Vec<u64> = (first..next).collect();
-                        proptest::prop_assert_eq!(segment.as_slice(), expected.as_slice());
+                        proptest::prop_assert!(segment.iter().eq(expected.iter()));
                     }
                     proptest::prop_assert_eq!(ring.newest(), Some(&next));
                     model.push_back(next);

@@ -98,6 +98,12 @@ impl TaskId {
         }
     }
 
+    /// Whether the id took an allocation.
+    #[inline]
+    pub(crate) fn owns_heap(&self) -> bool {
+        matches!(self, TaskId::Heap(_))
+    }
+
     pub(crate) fn as_str(&self) -> &str {
         match self {
             // Always valid: the bytes are those of the `&str` the id was made from, cut at its
@@ -106,6 +112,16 @@ impl TaskId {
                 std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
             }
             TaskId::Heap(id) => id,
+        }
+    }
+}
+
+/// The empty id.
+impl Default for TaskId {
+    fn default() -> Self {
+        TaskId::Inline {
+            len: 0,
+            bytes: [0; INLINE],
         }
     }
 }
