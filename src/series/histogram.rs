@@ -36,31 +36,55 @@ pub(crate) struct Bounds {
     /// binary form of 0.005. Durations are whole nanoseconds, so a duration is at most a bound
     /// exactly when it is at most that bound's nanoseconds.
     nanos: Arc<[u64]>,
+    octaves: Arc<Octaves>,
 }
 
 impl Bounds {
     /// Bounds in seconds, checked with [`check_buckets`] (finite, not negative).
     pub(crate) fn new(seconds: Arc<[f64]>) -> Self {
         // `as` saturates: a bound beyond u64::MAX nanoseconds (584 years) holds every duration.
-        let nanos = seconds.iter().map(|s| (s * 1e9).round() as u64).collect();
-        Bounds { seconds, nanos }
+        let nanos: Arc<[u64]> = seconds.iter().map(|s| (s * 1e9).round() as u64).collect();
+        let octaves = Arc::new(octaves_of(&nanos));
+        Bounds {
+            seconds,
+            nanos,
+            octaves,
+        }
+    }
+
+    /// The bucket of `nanos`; see [`bucket_of`].
+    #[inline]
+    fn bucket(&self, nanos: u64) -> usize {
+        bucket_of(&self.nanos, &self.octaves, nanos)
     }
 }
 
-/// Up to this many bounds, a bucket is found by counting the bounds below the value.
-const COUNTED_BOUNDS: usize = 32;
+/// For each octave of durations in nanoseconds (octave `o` holds those whose highest set bit
+/// is bit `o - 1`; octave 0 holds 0), how many bounds lie below all of its values and how many
+/// below some of them. With bounds spread over many octaves, as bucket bounds are, the two
+/// are equal or one apart: a duration's bucket is one table look-up and at most a compare or
+/// two, where counting the bounds below it costs one compare per bound.
+type Octaves = [[u32; 2]; 65];
+
+fn octaves_of(bounds: &[u64]) -> Octaves {
+    let below = |value: u64| bounds.partition_point(|&bound| bound < value) as u32;
+    std::array::from_fn(|octave| match octave {
+        0 => [0, 0],
+        _ => [below(1 << (octave - 1)), below(u64::MAX >> (64 - octave))],
+    })
+}
 
 /// The bucket of `nanos`: the first whose bound is >= it (bounds are inclusive upper limits),
 /// so the number of bounds below it. Integers: no float conversion on the recording thread.
-/// Counting compares every bound at once (vector instructions) where a binary search waits on
-/// each load in turn; past [`COUNTED_BOUNDS`] the (branchless) binary search does less work.
 #[inline]
-fn bucket_of(bounds: &[u64], nanos: u64) -> usize {
-    if bounds.len() <= COUNTED_BOUNDS {
-        bounds.iter().map(|&bound| usize::from(bound < nanos)).sum()
-    } else {
-        bounds.partition_point(|&bound| bound < nanos)
-    }
+fn bucket_of(bounds: &[u64], octaves: &Octaves, nanos: u64) -> usize {
+    let octave = (u64::BITS - nanos.leading_zeros()) as usize;
+    let [below_all, below_some] = octaves[octave];
+    // Only the bounds within the value's octave are left to compare.
+    let within = bounds
+        .get(below_all as usize..below_some as usize)
+        .unwrap_or_default();
+    below_all as usize + within.partition_point(|&bound| bound < nanos)
 }
 
 /// One histogram series: a count per bucket (not cumulative) and the sum in nanoseconds.
@@ -105,7 +129,7 @@ impl Histogram {
 
     #[inline]
     fn bucket(&self, nanos: u64) -> usize {
-        bucket_of(&self.bounds.nanos, nanos)
+        self.bounds.bucket(nanos)
     }
 
     /// Adds what `other` (same bounds) holds.
@@ -225,14 +249,25 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn counting_and_searching_find_the_same_bucket(
-            bounds in proptest::collection::btree_set(0u64..1_000_000, 1..80),
-            values in proptest::collection::vec(0u64..1_100_000, 1..50),
+        fn a_value_s_bucket_is_the_first_whose_bound_holds_it(
+            bounds in proptest::collection::btree_set(
+                proptest::prop_oneof![0u64..1_000_000, proptest::num::u64::ANY],
+                1..80,
+            ),
+            values in proptest::collection::vec(
+                proptest::prop_oneof![0u64..1_100_000, proptest::num::u64::ANY],
+                1..50,
+            ),
         ) {
             let bounds: Vec<u64> = bounds.into_iter().collect();
-            for value in values.into_iter().chain(bounds.iter().copied()) {
+            let octaves = octaves_of(&bounds);
+            let near_bounds = bounds
+                .iter()
+                .flat_map(|&b| [b.saturating_sub(1), b, b.saturating_add(1)]);
+            let edges = [0, 1, 2, 3, u64::MAX - 1, u64::MAX];
+            for value in values.into_iter().chain(near_bounds).chain(edges) {
                 let expected = bounds.iter().position(|&b| b >= value).unwrap_or(bounds.len());
-                proptest::prop_assert_eq!(bucket_of(&bounds, value), expected);
+                proptest::prop_assert_eq!(bucket_of(&bounds, &octaves, value), expected);
             }
         }
     }
