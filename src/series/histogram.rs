@@ -91,9 +91,12 @@ fn bucket_of(bounds: &[u64], octaves: &Octaves, nanos: u64) -> usize {
 ///
 /// The count is the sum of the bucket counts, so a snapshot is always consistent with its
 /// buckets; the sum is exact to the nanosecond.
+///
+/// The bounds are not kept here but passed in: every histogram of a
+/// [`PipelineSeries`](super::PipelineSeries) has the series' bounds, so a slot holds only
+/// counts.
 #[derive(Debug)]
 pub(crate) struct Histogram {
-    bounds: Bounds,
     /// One per bound, plus the `+Inf` bucket.
     counts: Box<[AtomicU64]>,
     sum_nanos: AtomicU64,
@@ -105,16 +108,18 @@ impl Histogram {
             .map(|_| AtomicU64::new(0))
             .collect();
         Histogram {
-            bounds: bounds.clone(),
             counts,
             sum_nanos: AtomicU64::new(0),
         }
     }
 
-    /// Records one observation of `nanos` nanoseconds: two atomic additions.
+    /// Records one observation of `nanos` nanoseconds: two atomic additions. `bounds` are
+    /// those the histogram was made with.
     #[inline]
-    pub(crate) fn observe(&self, nanos: u64) {
-        self.counts[self.bucket(nanos)].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn observe(&self, bounds: &Bounds, nanos: u64) {
+        if let Some(count) = self.counts.get(bounds.bucket(nanos)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
@@ -122,14 +127,11 @@ impl Histogram {
     /// time writes (a store shard's part, under the shard's lock): two plain stores, no atomic
     /// addition.
     #[inline]
-    pub(crate) fn observe_alone(&self, nanos: u64) {
-        add_alone(&self.counts[self.bucket(nanos)], 1);
+    pub(crate) fn observe_alone(&self, bounds: &Bounds, nanos: u64) {
+        if let Some(count) = self.counts.get(bounds.bucket(nanos)) {
+            add_alone(count, 1);
+        }
         add_alone(&self.sum_nanos, nanos);
-    }
-
-    #[inline]
-    fn bucket(&self, nanos: u64) -> usize {
-        self.bounds.bucket(nanos)
     }
 
     /// Adds what `other` (same bounds) holds.
@@ -142,18 +144,16 @@ impl Histogram {
     }
 
     #[cfg(test)]
-    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
-        Self::snapshot_of([self])
+    pub(crate) fn snapshot(&self, bounds: &Bounds) -> HistogramSnapshot {
+        Self::snapshot_of(bounds, [self])
     }
 
-    /// One snapshot of several histograms with the same bounds, added up.
+    /// One snapshot of several histograms made with `bounds`, added up.
     pub(crate) fn snapshot_of<'a>(
+        bounds: &Bounds,
         parts: impl IntoIterator<Item = &'a Histogram>,
     ) -> HistogramSnapshot {
-        let mut parts = parts.into_iter().peekable();
-        let bounds = parts
-            .peek()
-            .map_or_else(|| Arc::from(&[][..]), |h| Arc::clone(&h.bounds.seconds));
+        let bounds = Arc::clone(&bounds.seconds);
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum_nanos = 0u64;
         for part in parts {
@@ -209,18 +209,19 @@ mod tests {
     use crate::record::nanos;
     use std::time::Duration;
 
-    fn histogram() -> Histogram {
-        Histogram::new(&Bounds::new(Arc::from(&DEFAULT_BUCKETS[..])))
+    fn histogram() -> (Histogram, Bounds) {
+        let bounds = Bounds::new(Arc::from(&DEFAULT_BUCKETS[..]));
+        (Histogram::new(&bounds), bounds)
     }
 
     #[test]
     fn bounds_are_inclusive_and_cumulative_counts_end_with_the_total() {
-        let h = histogram();
-        h.observe(nanos(Duration::from_millis(5))); // le 0.005
-        h.observe(nanos(Duration::from_micros(5001))); // le 0.01
-        h.observe(nanos(Duration::from_millis(1500))); // le 2.5
-        h.observe(nanos(Duration::from_secs(60))); // +Inf only
-        let s = h.snapshot();
+        let (h, b) = histogram();
+        h.observe(&b, nanos(Duration::from_millis(5))); // le 0.005
+        h.observe(&b, nanos(Duration::from_micros(5001))); // le 0.01
+        h.observe(&b, nanos(Duration::from_millis(1500))); // le 2.5
+        h.observe(&b, nanos(Duration::from_secs(60))); // +Inf only
+        let s = h.snapshot(&b);
         assert_eq!(s.cumulative.len(), 15);
         assert_eq!(s.cumulative[0], 1);
         assert_eq!(s.cumulative[1], 2);
@@ -237,13 +238,13 @@ mod tests {
         // floats, and 0.1 * 3 is 0.30000000000000004.
         let bounds = Bounds::new(Arc::from(&[0.00013, 0.1, 0.1 * 3.0, 0.7, 1e12][..]));
         let h = Histogram::new(&bounds);
-        h.observe(130_000); // le 0.00013
-        h.observe(100_000_000); // le 0.1
-        h.observe(100_000_001); // le 0.3
-        h.observe(300_000_000); // le 0.3: the bound rounds to the nearest nanosecond
-        h.observe(700_000_000); // le 0.7
-        h.observe(u64::MAX); // le 1e12: past u64 nanoseconds, the bound holds everything
-        let s = h.snapshot();
+        h.observe(&bounds, 130_000); // le 0.00013
+        h.observe(&bounds, 100_000_000); // le 0.1
+        h.observe(&bounds, 100_000_001); // le 0.3
+        h.observe(&bounds, 300_000_000); // le 0.3: the bound rounds to the nearest nanosecond
+        h.observe(&bounds, 700_000_000); // le 0.7
+        h.observe(&bounds, u64::MAX); // le 1e12: past u64 nanoseconds, the bound holds everything
+        let s = h.snapshot(&bounds);
         assert_eq!(s.cumulative, vec![1, 2, 4, 5, 6, 6]);
     }
 
@@ -274,9 +275,9 @@ mod tests {
 
     #[test]
     fn sum_is_exact_for_the_hand_built_event() {
-        let h = histogram();
-        h.observe(nanos(Duration::from_millis(1500)));
-        assert_eq!(h.snapshot().sum, 1.5);
+        let (h, b) = histogram();
+        h.observe(&b, nanos(Duration::from_millis(1500)));
+        assert_eq!(h.snapshot(&b).sum, 1.5);
     }
 
     #[test]
