@@ -36,6 +36,7 @@ pub(crate) struct Bounds {
     /// binary form of 0.005. Durations are whole nanoseconds, so a duration is at most a bound
     /// exactly when it is at most that bound's nanoseconds.
     nanos: Arc<[u64]>,
+    /// Where each octave of durations falls among `nanos`, to find a bucket in one look-up.
     octaves: Arc<Octaves>,
 }
 
