@@ -209,6 +209,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn trailing_zero_bytes_make_a_different_id() {
+        // Inline words are zero-padded: only the length tells "a" from "a\0".
+        let ids = ["a", "a\0", "a\0\0", "\0", ""];
+        for a in ids {
+            for b in ids {
+                assert_eq!(TaskKey::new(a).is(&TaskId::from(b)), a == b, "{a:?} / {b:?}");
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn a_key_is_its_id_and_no_other(a in "\\PC{0,30}", b in "\\PC{0,30}") {
