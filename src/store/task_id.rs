@@ -215,7 +215,11 @@ mod tests {
         let ids = ["a", "a\0", "a\0\0", "\0", ""];
         for a in ids {
             for b in ids {
-                assert_eq!(TaskKey::new(a).is(&TaskId::from(b)), a == b, "{a:?} / {b:?}");
+                assert_eq!(
+                    TaskKey::new(a).is(&TaskId::from(b)),
+                    a == b,
+                    "{a:?} / {b:?}"
+                );
             }
         }
     }
