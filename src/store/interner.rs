@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use super::task_id::two_words;
+
 /// Names seen often (event names, hosts, operations), kept once per shard so a record holds
 /// a 4-byte index instead of its own copy: no allocation, and, unlike a shared `Arc`, no
 /// reference count that two cores would pass back and forth. Bounded: past
@@ -149,8 +151,8 @@ struct ShortSlot {
     id: u32,
 }
 
-/// A name of at most 16 bytes, whole, in two words and its length. Each word is read from
-/// overlapping ends of the name, which the length makes unambiguous.
+/// A name of at most 16 bytes, whole, in two words and its length (read as task ids are, see
+/// [`two_words`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ShortKey {
     low: u64,
@@ -162,29 +164,11 @@ struct ShortKey {
 impl ShortKey {
     #[inline]
     fn of(name: &[u8]) -> Option<ShortKey> {
-        let len = name.len();
-        let word = |at: usize| {
-            let bytes: [u8; 8] = name[at..at + 8].try_into().unwrap_or_default();
-            u64::from_le_bytes(bytes)
-        };
-        let half = |at: usize| {
-            let bytes: [u8; 4] = name[at..at + 4].try_into().unwrap_or_default();
-            u64::from(u32::from_le_bytes(bytes))
-        };
-        let (low, high) = match len {
-            0 => (0, 0),
-            1..=3 => {
-                let byte = |at: usize| u64::from(name[at]);
-                (byte(0) | byte(len / 2) << 8 | byte(len - 1) << 16, 0)
-            }
-            4..=7 => (half(0) | half(len - 4) << 32, 0),
-            8..=16 => (word(0), word(len - 8)),
-            _ => return None,
-        };
+        let [low, high] = two_words(name)?;
         Some(ShortKey {
             low,
             high,
-            len: len as u64 + 1,
+            len: name.len() as u64 + 1,
         })
     }
 

@@ -35,11 +35,10 @@ impl<'a> TaskKey<'a> {
     pub(crate) fn new(task_id: &'a str) -> Self {
         let bytes = task_id.as_bytes();
         let len = bytes.len();
-        let words = match len {
-            0..=8 => [up_to_8(bytes), 0, 0],
-            9..=16 => [first_8(bytes), tail_from(bytes, 8), 0],
-            17..=INLINE => [first_8(bytes), first_8(&bytes[8..]), tail_from(bytes, 16)],
-            _ => return TaskKey::Long(task_id),
+        let words = match (two_words(bytes), len) {
+            (Some([low, high]), _) => [low, high, 0],
+            (None, ..=INLINE) => [first_8(bytes), first_8(&bytes[8..]), tail_from(bytes, 16)],
+            (None, _) => return TaskKey::Long(task_id),
         };
         TaskKey::Inline {
             len: len as u8,
@@ -156,6 +155,17 @@ fn words_of(bytes: &[u8; INLINE]) -> [u64; 3] {
         first_8(&bytes[8..]),
         u64::from_le_bytes(last),
     ]
+}
+
+/// Up to sixteen bytes as two little-endian, zero-padded words: with the length, the bytes
+/// whole. `None` for longer ones. The interner keys its short names with these too.
+#[inline]
+pub(super) fn two_words(bytes: &[u8]) -> Option<[u64; 2]> {
+    match bytes.len() {
+        0..=8 => Some([up_to_8(bytes), 0]),
+        9..=16 => Some([first_8(bytes), tail_from(bytes, 8)]),
+        _ => None,
+    }
 }
 
 /// The first eight bytes as a little-endian word (`bytes` has at least eight).
