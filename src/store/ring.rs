@@ -46,6 +46,8 @@ impl<R: OwnsHeap> Records<R> {
         }
     }
 
+    /// Adds a record. Whether it owns heap memory is decided here, once: records are not
+    /// changed after they are pushed (a record given heap memory later would never free it).
     #[inline]
     pub(crate) fn push(&mut self, record: R) {
         if record.owns_heap() {
