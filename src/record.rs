@@ -598,48 +598,42 @@ mod tests {
     fn a_record_owns_heap_memory_exactly_when_one_of_its_parts_does() {
         // A retained record said to own nothing is never dropped (see `store::ring::Records`):
         // each part that can allocate must make the record say so.
-        let long_id = TaskId::from("an id longer than twenty-two bytes");
-        let own_name = Name::Own(Arc::from("name"));
-        let error = Some(cut_error("boom"));
-        let event = EventRecord::default();
-        assert!(!event.owns_heap());
-        assert!(EventRecord {
-            task_id: long_id.clone(),
-            ..EventRecord::default()
+        fn long_id() -> TaskId {
+            TaskId::from("an id longer than twenty-two bytes")
         }
-        .owns_heap());
-        assert!(EventRecord {
-            event_name: own_name.clone(),
-            ..EventRecord::default()
+        fn own_name() -> Name {
+            Name::Own(Arc::from("name"))
         }
-        .owns_heap());
-        assert!(EventRecord {
-            error: error.clone(),
-            ..EventRecord::default()
+        assert!(!EventRecord::default().owns_heap());
+        assert!(!NetworkRecord::default().owns_heap());
+        fn changed<R: Default>(change: fn(&mut R)) -> R {
+            let mut record = R::default();
+            change(&mut record);
+            record
         }
-        .owns_heap());
-        let op = NetworkRecord::default();
-        assert!(!op.owns_heap());
-        assert!(NetworkRecord {
-            task_id: long_id,
-            ..NetworkRecord::default()
+        let owning_events = [
+            (
+                "long task id",
+                changed::<EventRecord>(|r| r.task_id = long_id()),
+            ),
+            ("own name", changed(|r| r.event_name = own_name())),
+            ("error", changed(|r| r.error = Some(cut_error("boom")))),
+        ];
+        for (part, record) in owning_events {
+            assert!(record.owns_heap(), "an event with a {part}");
         }
-        .owns_heap());
-        assert!(NetworkRecord {
-            host: own_name.clone(),
-            ..NetworkRecord::default()
+        let owning_ops = [
+            (
+                "long task id",
+                changed::<NetworkRecord>(|r| r.task_id = long_id()),
+            ),
+            ("own host", changed(|r| r.host = own_name())),
+            ("own operation", changed(|r| r.operation = own_name())),
+            ("error", changed(|r| r.error = Some(cut_error("boom")))),
+        ];
+        for (part, record) in owning_ops {
+            assert!(record.owns_heap(), "an operation with a {part}");
         }
-        .owns_heap());
-        assert!(NetworkRecord {
-            operation: own_name,
-            ..NetworkRecord::default()
-        }
-        .owns_heap());
-        assert!(NetworkRecord {
-            error,
-            ..NetworkRecord::default()
-        }
-        .owns_heap());
     }
 
     #[test]
