@@ -215,16 +215,17 @@ impl<R: Record> Shard<R> {
         self.index = Some(index);
     }
 
-    /// Retains a finished record and offers it to the publishers, evicting to make room
-    /// (segments left with no retained record go to `freed`, to be dropped after the lock).
-    /// When the room is to be made in another shard (see [`Shard::review`]), returns that shard
-    /// and how many of its records to evict once this lock is released.
+    /// Retains a finished record (which ended at `ended`, monotonic) and offers it to the
+    /// queued publishers, evicting to make room (segments left with no retained record go to
+    /// `freed`, to be dropped after the lock). When the room is to be made in another shard
+    /// (see [`Shard::review`]), returns that shard and how many of its records to evict once
+    /// this lock is released.
     fn keep(
         &mut self,
         record: R,
+        ended: u64,
         budget: &Budget,
         at: Place<'_>,
-        dispatcher: &Dispatcher,
         freed: &mut Freed<R>,
     ) -> Option<Steal> {
         let due = if budget.limit == 0 {
@@ -258,7 +259,7 @@ impl<R: Record> Shard<R> {
             file(index, &self.finished, seq, self.finished.get(seq));
         }
         self.publishers
-            .offer(dispatcher, &self.names, &self.finished, sealed);
+            .offer(&self.names, &self.finished, sealed, ended);
         if budget.limit == 0 {
             // Retained for no query: evicted once offered, so a segment it sealed was handed over
             // before this eviction can free it. It stays in memory until its own segment goes.
@@ -748,16 +749,22 @@ impl<R: Record> Store<R> {
                 .in_flight
                 .find_entry(hash, |r| key.is(r.task_id()))
                 .ok()?;
-            // Finished in the table, then moved out whole: the other order has the move into
-            // the ring read the changed fields straight after their stores.
+            // Finished, counted and aggregated in the table, then moved out whole: read in its
+            // new place in the ring, or changed there, its fields would be read straight after
+            // the wide stores of the move (or the move would read them straight after theirs).
             (end.take()?)(entry.get_mut());
-            R::account(&mut shard.totals, entry.get());
+            let finished = entry.get();
+            R::account(&mut shard.totals, finished);
+            let ended = finished.end_mono();
+            shard
+                .publishers
+                .aggregate(&self.dispatcher, &shard.names, &shard.finished, finished);
             let (record, _) = entry.remove();
             let place = Place {
                 index,
                 fronts: &self.fronts,
             };
-            let steal = shard.keep(record, &self.budget, place, &self.dispatcher, &mut freed);
+            let steal = shard.keep(record, ended, &self.budget, place, &mut freed);
             self.mark_front(index, shard);
             Some(steal)
         });

@@ -250,3 +250,29 @@ fn a_dropped_pipeline_leaves_its_counts_and_the_next_one_adds_to_them() {
         Some(10.0)
     );
 }
+
+#[test]
+fn a_publisher_added_midway_counts_the_records_that_end_after_it() {
+    let telemetry = Telemetry::with_config(&TelemetryConfig::default());
+    for i in 0..300 {
+        run(&telemetry, "early", &format!("e-{i}"), false);
+    }
+    telemetry
+        .events
+        .start_event("straddling", "s-1", None)
+        .expect("start");
+    let publisher = publisher(100);
+    telemetry
+        .add_publisher(Box::new(Arc::clone(&publisher)))
+        .expect("a delivery thread");
+    telemetry.events.end_event("s-1", None).expect("end");
+    for i in 0..200 {
+        run(&telemetry, "late", &format!("l-{i}"), i % 10 == 0);
+    }
+    let text = publisher.render(ExpositionFormat::Prometheus);
+    assert_eq!(count(&text, "early", "completed"), None);
+    assert_eq!(count(&text, "straddling", "completed"), Some(1.0));
+    assert_eq!(count(&text, "late", "completed"), Some(180.0));
+    assert_eq!(count(&text, "late", "failed"), Some(20.0));
+    telemetry.flush(FLUSH).expect("flushed");
+}

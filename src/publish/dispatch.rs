@@ -359,25 +359,25 @@ impl<R: Record> Default for PublisherCache<R> {
 }
 
 impl<R: Record> PublisherCache<R> {
-    /// Offers the record just added to `ring` to the publishers: aggregated here for those
-    /// that keep their series in memory. The queued publishers get the segment it `sealed`,
-    /// if it sealed one, and otherwise get records that waited a millisecond as copies.
-    /// `names` resolves the records' names.
+    /// Offers a record about to join `ring` to the publishers that keep their series in
+    /// memory: aggregated here, from where it is now. Before [`PublisherCache::offer`] (after
+    /// the record joins the ring) because the record's new place was written a moment ago in
+    /// wide copies, and reading its fields back at once would wait for those stores.
+    ///
+    /// A change of the publisher set shows here first: what the ring holds and was not handed
+    /// over goes to the publishers it finished for, this record and later ones to the new set.
     #[inline]
-    pub(crate) fn offer(
+    pub(crate) fn aggregate(
         &mut self,
         dispatcher: &Dispatcher,
         names: &Interner,
         ring: &Ring<R>,
-        sealed: bool,
+        record: &R,
     ) {
         let epoch = dispatcher.epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
-            self.refresh(dispatcher, names, ring, sealed, epoch);
+            self.refresh(dispatcher, names, ring, epoch);
         }
-        let Some(record) = ring.newest() else {
-            return;
-        };
         #[cfg(feature = "series")]
         for publisher in &mut self.in_place {
             record.aggregate(&publisher.series, &mut publisher.slots, names);
@@ -386,13 +386,22 @@ impl<R: Record> PublisherCache<R> {
                 publisher.count();
             }
         }
+        #[cfg(not(feature = "series"))]
+        let _ = record;
+    }
+
+    /// Offers the record just added to `ring`, which ended at `ended` (monotonic), to the
+    /// queued publishers: they get the segment it `sealed`, if it sealed one, and otherwise
+    /// records that waited a millisecond, as copies. `names` resolves the records' names.
+    #[inline]
+    pub(crate) fn offer(&mut self, names: &Interner, ring: &Ring<R>, sealed: bool, ended: u64) {
         if self.queued.is_empty() {
             return;
         }
         if sealed {
             self.hand_sealed(names, ring);
         }
-        let now = record.end_mono();
+        let now = ended;
         if self.handed + 1 == ring.end() {
             self.unhanded_since = now;
         } else if now.saturating_sub(self.unhanded_since) > BATCH_AGE_NS {
@@ -400,23 +409,14 @@ impl<R: Record> PublisherCache<R> {
         }
     }
 
-    /// Takes the dispatcher's current set; what was not yet handed over goes to the
-    /// publishers it finished for, the newest record to the new set.
+    /// Takes the dispatcher's current set; what `ring` holds and was not handed over goes to
+    /// the publishers it finished for, the next record to join it and later ones to the new
+    /// set.
     #[cold]
-    fn refresh(
-        &mut self,
-        dispatcher: &Dispatcher,
-        names: &Interner,
-        ring: &Ring<R>,
-        sealed: bool,
-        epoch: u64,
-    ) {
-        if sealed {
-            self.hand_sealed(names, ring);
-        }
-        let newest = ring.end().saturating_sub(1);
-        self.hand_copies(names, ring, newest);
-        self.handed = newest;
+    fn refresh(&mut self, dispatcher: &Dispatcher, names: &Interner, ring: &Ring<R>, epoch: u64) {
+        let next = ring.end();
+        self.hand_copies(names, ring, next);
+        self.handed = next;
         #[cfg(feature = "series")]
         for publisher in &mut self.in_place {
             publisher.count();
@@ -621,6 +621,45 @@ mod tests {
             let expected: Vec<String> = (0..3_000).map(|i| format!("t{i}")).collect();
             assert_eq!(got, expected, "retention {retention}");
             assert_eq!(logger.publisher_stats()[0].dropped, 0);
+        }
+    }
+
+    #[test]
+    fn a_publisher_added_midway_gets_the_records_that_end_after_it_and_the_first_keeps_all() {
+        // Retentions with the change inside an open segment and across sealed ones.
+        for retention in [0, 20, 100_000] {
+            let logger = TelemetryLogger::with_config(
+                &crate::TelemetryConfig::default().retention(retention),
+            );
+            let (first, second) = (Arc::default(), Arc::default());
+            logger
+                .add_publisher(Box::new(Ids(Arc::clone(&first))))
+                .unwrap();
+            let ids = |range: std::ops::Range<u32>| range.map(|i| format!("t{i}"));
+            for id in ids(0..700) {
+                logger.start_event("e", &id, None).unwrap();
+                logger.end_event(&id, None).unwrap();
+            }
+            // Started before the second publisher, ended after: it goes to both.
+            logger.start_event("e", "t700", None).unwrap();
+            logger
+                .add_publisher(Box::new(Ids(Arc::clone(&second))))
+                .unwrap();
+            logger.end_event("t700", None).unwrap();
+            for id in ids(701..1_000) {
+                logger.start_event("e", &id, None).unwrap();
+                logger.end_event(&id, None).unwrap();
+            }
+            logger.flush(Duration::from_secs(10)).unwrap();
+            let sorted = |got: &Arc<std::sync::Mutex<Vec<String>>>| {
+                let mut got = got.lock().unwrap().clone();
+                got.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
+                got
+            };
+            let all: Vec<String> = ids(0..1_000).collect();
+            let later: Vec<String> = ids(700..1_000).collect();
+            assert_eq!(sorted(&first), all, "retention {retention}");
+            assert_eq!(sorted(&second), later, "retention {retention}");
         }
     }
 }

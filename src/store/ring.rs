@@ -64,6 +64,7 @@ impl<R: OwnsHeap> Records<R> {
         self.records.capacity()
     }
 
+    #[cfg(test)]
     fn last(&self) -> Option<&R> {
         self.records.last().map(|r| &**r)
     }
@@ -206,6 +207,7 @@ impl<R: OwnsHeap> Ring<R> {
     }
 
     /// The record pushed last, evicted or not; `None` before the first push.
+    #[cfg(test)]
     pub(crate) fn newest(&self) -> Option<&R> {
         self.open.last()
     }
