@@ -89,18 +89,27 @@ impl Interner {
     }
 
     /// The name as a record holds it: its interned index, found without hashing when it is
-    /// short and was seen lately. Always inlined into the recording path: called, it returns
-    /// the name through a stack slot written in two stores, which the record's insertion reads
-    /// back as one 16-byte load that waits for both (2.7 ns per start/end pair).
+    /// short and was seen lately. Always inlined into the recording path, and every path to
+    /// the name returns a plain index: a name assembled in memory by a call would be read back
+    /// as one 16-byte load by the record's insertion, which waits for the call's two stores.
     #[inline(always)]
     pub(crate) fn get(&mut self, name: &str) -> Name {
+        match self.id(name) {
+            Some(id) => Name::Shared(id),
+            None => Name::Own(own(name)),
+        }
+    }
+
+    /// The name's index; `None` when the interner is full and does not have it.
+    #[inline(always)]
+    fn id(&mut self, name: &str) -> Option<u32> {
         let Some(key) = ShortKey::of(name.as_bytes()) else {
             return self.find_or_add(name);
         };
         let at = key.slot();
         if let Some(short) = &self.short {
             if short[at].key == key {
-                return Name::Shared(short[at].id);
+                return Some(short[at].id);
             }
         }
         self.short_miss(name, key, at)
@@ -109,27 +118,27 @@ impl Interner {
     /// A short name not in its slot of the short-name table: found or added, then put there.
     #[cold]
     #[inline(never)]
-    fn short_miss(&mut self, name: &str, key: ShortKey, at: usize) -> Name {
+    fn short_miss(&mut self, name: &str, key: ShortKey, at: usize) -> Option<u32> {
         let found = self.find_or_add(name);
         let short = self
             .short
             .get_or_insert_with(|| Box::new([ShortSlot::default(); SHORT_SLOTS]));
-        if let Name::Shared(id) = found {
+        if let Some(id) = found {
             short[at] = ShortSlot { key, id };
         }
         found
     }
 
     #[inline(never)]
-    fn find_or_add(&mut self, name: &str) -> Name {
+    fn find_or_add(&mut self, name: &str) -> Option<u32> {
         let state = foldhash::fast::FixedState::default();
         let hash = state.hash_one(name);
         let names = &self.names;
         if let Some(&id) = self.index.find(hash, |&id| *names[id as usize] == *name) {
-            return Name::Shared(id);
+            return Some(id);
         }
         if self.names.len() >= Self::CAPACITY {
-            return Name::Own(Arc::from(name));
+            return None;
         }
         let id = self.names.len() as u32;
         // Rare (once per distinct name), so copying the table of references is fine.
@@ -140,8 +149,15 @@ impl Interner {
         let names = &self.names;
         self.index
             .insert_unique(hash, id, |&i| state.hash_one(&*names[i as usize]));
-        Name::Shared(id)
+        Some(id)
     }
+}
+
+/// A name's own copy, for a record whose name the full interner does not hold.
+#[cold]
+#[inline(never)]
+fn own(name: &str) -> Arc<str> {
+    Arc::from(name)
 }
 
 /// Slots of the short-name table: a few more than the names a pipeline usually has.
