@@ -401,10 +401,9 @@ impl<R: Record> PublisherCache<R> {
         if sealed {
             self.hand_sealed(names, ring);
         }
-        let now = ended;
         if self.handed + 1 == ring.end() {
-            self.unhanded_since = now;
-        } else if now.saturating_sub(self.unhanded_since) > BATCH_AGE_NS {
+            self.unhanded_since = ended;
+        } else if ended.saturating_sub(self.unhanded_since) > BATCH_AGE_NS {
             self.collect(names, ring, None);
         }
     }
