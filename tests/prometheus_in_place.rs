@@ -1,6 +1,7 @@
 //! The Prometheus publisher's series are updated on the recording threads (no queue): records
 //! show at once, folded names are counted per record, names past the store's interner are
-//! aggregated by value, and threads recording the same names lose nothing.
+//! aggregated by value, threads recording the same names lose nothing, and a publisher added
+//! midway counts exactly the records that end after it.
 #![cfg(feature = "prometheus")]
 
 use std::sync::Arc;
