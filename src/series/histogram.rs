@@ -88,80 +88,84 @@ fn bucket_of(bounds: &[u64], octaves: &Octaves, nanos: u64) -> usize {
     below_all as usize + within.partition_point(|&bound| bound < nanos)
 }
 
-/// One histogram series: a count per bucket (not cumulative) and the sum in nanoseconds.
+/// One histogram series: a count per bucket (not cumulative), then the sum in nanoseconds,
+/// in cells borrowed from the slot that holds every series of a label value (see
+/// [`EventSlot`](super::EventSlot)): one allocation per slot, so recording reaches a bucket
+/// count in one step from the slot.
 ///
 /// The count is the sum of the bucket counts, so a snapshot is always consistent with its
 /// buckets; the sum is exact to the nanosecond.
 ///
 /// The bounds are not kept here but passed in: every histogram of a
-/// [`PipelineSeries`](super::PipelineSeries) has the series' bounds, so a slot holds only
-/// counts.
-#[derive(Debug)]
-pub(crate) struct Histogram {
-    /// One per bound, plus the `+Inf` bucket.
-    counts: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
+/// [`PipelineSeries`](super::PipelineSeries) has the series' bounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Histogram<'a> {
+    cells: &'a [AtomicU64],
 }
 
-impl Histogram {
-    pub(crate) fn new(bounds: &Bounds) -> Self {
-        let counts = (0..=bounds.nanos.len())
-            .map(|_| AtomicU64::new(0))
-            .collect();
-        Histogram {
-            counts,
-            sum_nanos: AtomicU64::new(0),
+impl<'a> Histogram<'a> {
+    /// How many cells a histogram with `bounds` takes: one count per bound, one for `+Inf`,
+    /// and the sum.
+    pub(crate) fn cells(bounds: &Bounds) -> usize {
+        bounds.nanos.len() + 2
+    }
+
+    /// The histogram in `cells` (as many as [`Histogram::cells`] says).
+    #[inline]
+    pub(crate) fn over(cells: &'a [AtomicU64]) -> Self {
+        Histogram { cells }
+    }
+
+    #[inline]
+    fn counts_and_sum(&self) -> (&'a [AtomicU64], Option<&'a AtomicU64>) {
+        match self.cells.split_last() {
+            Some((sum, counts)) => (counts, Some(sum)),
+            None => (&[], None),
         }
     }
 
     /// Records one observation of `nanos` nanoseconds: two atomic additions. `bounds` are
     /// those the histogram was made with.
     #[inline]
-    pub(crate) fn observe(&self, bounds: &Bounds, nanos: u64) {
-        if let Some(count) = self.counts.get(bounds.bucket(nanos)) {
+    pub(crate) fn observe(self, bounds: &Bounds, nanos: u64) {
+        let (counts, sum) = self.counts_and_sum();
+        if let Some(count) = counts.get(bounds.bucket(nanos)) {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if let Some(sum) = sum {
+            sum.fetch_add(nanos, Ordering::Relaxed);
+        }
     }
 
     /// Records one observation of `nanos` nanoseconds into a histogram only one thread at a
     /// time writes (a store shard's part, under the shard's lock): two plain stores, no atomic
     /// addition.
     #[inline]
-    pub(crate) fn observe_alone(&self, bounds: &Bounds, nanos: u64) {
-        if let Some(count) = self.counts.get(bounds.bucket(nanos)) {
+    pub(crate) fn observe_alone(self, bounds: &Bounds, nanos: u64) {
+        let (counts, sum) = self.counts_and_sum();
+        if let Some(count) = counts.get(bounds.bucket(nanos)) {
             add_alone(count, 1);
         }
-        add_alone(&self.sum_nanos, nanos);
-    }
-
-    /// Adds what `other` (same bounds) holds.
-    pub(crate) fn absorb(&self, other: &Histogram) {
-        for (into, from) in self.counts.iter().zip(other.counts.iter()) {
-            into.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(sum) = sum {
+            add_alone(sum, nanos);
         }
-        self.sum_nanos
-            .fetch_add(other.sum_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn snapshot(&self, bounds: &Bounds) -> HistogramSnapshot {
-        Self::snapshot_of(bounds, [self])
     }
 
     /// One snapshot of several histograms made with `bounds`, added up.
-    pub(crate) fn snapshot_of<'a>(
+    pub(crate) fn snapshot_of(
         bounds: &Bounds,
-        parts: impl IntoIterator<Item = &'a Histogram>,
+        parts: impl IntoIterator<Item = Histogram<'a>>,
     ) -> HistogramSnapshot {
         let bounds = Arc::clone(&bounds.seconds);
         let mut counts = vec![0u64; bounds.len() + 1];
         let mut sum_nanos = 0u64;
         for part in parts {
-            for (total, count) in counts.iter_mut().zip(part.counts.iter()) {
+            let (part_counts, part_sum) = part.counts_and_sum();
+            for (total, count) in counts.iter_mut().zip(part_counts) {
                 *total = total.wrapping_add(count.load(Ordering::Relaxed));
             }
-            sum_nanos = sum_nanos.wrapping_add(part.sum_nanos.load(Ordering::Relaxed));
+            let part_sum = part_sum.map_or(0, |sum| sum.load(Ordering::Relaxed));
+            sum_nanos = sum_nanos.wrapping_add(part_sum);
         }
         let mut running = 0u64;
         for count in &mut counts {
@@ -174,6 +178,11 @@ impl Histogram {
             sum: sum_nanos as f64 / 1e9,
         }
     }
+}
+
+/// Zeroed cells, `len` of them, in one allocation.
+pub(crate) fn zeroed_cells(len: usize) -> Arc<[AtomicU64]> {
+    (0..len).map(|_| AtomicU64::new(0)).collect()
 }
 
 /// Adds `n` to a value only one thread at a time writes: a load and a store, where an atomic
@@ -210,19 +219,24 @@ mod tests {
     use crate::record::nanos;
     use std::time::Duration;
 
-    fn histogram() -> (Histogram, Bounds) {
+    fn histogram() -> (Arc<[AtomicU64]>, Bounds) {
         let bounds = Bounds::new(Arc::from(&DEFAULT_BUCKETS[..]));
-        (Histogram::new(&bounds), bounds)
+        (zeroed_cells(Histogram::cells(&bounds)), bounds)
+    }
+
+    fn snapshot(cells: &[AtomicU64], bounds: &Bounds) -> HistogramSnapshot {
+        Histogram::snapshot_of(bounds, [Histogram::over(cells)])
     }
 
     #[test]
     fn bounds_are_inclusive_and_cumulative_counts_end_with_the_total() {
-        let (h, b) = histogram();
+        let (cells, b) = histogram();
+        let h = Histogram::over(&cells);
         h.observe(&b, nanos(Duration::from_millis(5))); // le 0.005
         h.observe(&b, nanos(Duration::from_micros(5001))); // le 0.01
-        h.observe(&b, nanos(Duration::from_millis(1500))); // le 2.5
+        h.observe_alone(&b, nanos(Duration::from_millis(1500))); // le 2.5
         h.observe(&b, nanos(Duration::from_secs(60))); // +Inf only
-        let s = h.snapshot(&b);
+        let s = snapshot(&cells, &b);
         assert_eq!(s.cumulative.len(), 15);
         assert_eq!(s.cumulative[0], 1);
         assert_eq!(s.cumulative[1], 2);
@@ -238,14 +252,15 @@ mod tests {
         // No bound here has an exact binary form: 0.00013 * 1e9 is 129,999.99999999999 in
         // floats, and 0.1 * 3 is 0.30000000000000004.
         let bounds = Bounds::new(Arc::from(&[0.00013, 0.1, 0.1 * 3.0, 0.7, 1e12][..]));
-        let h = Histogram::new(&bounds);
+        let cells = zeroed_cells(Histogram::cells(&bounds));
+        let h = Histogram::over(&cells);
         h.observe(&bounds, 130_000); // le 0.00013
         h.observe(&bounds, 100_000_000); // le 0.1
         h.observe(&bounds, 100_000_001); // le 0.3
         h.observe(&bounds, 300_000_000); // le 0.3: the bound rounds to the nearest nanosecond
         h.observe(&bounds, 700_000_000); // le 0.7
         h.observe(&bounds, u64::MAX); // le 1e12: past u64 nanoseconds, the bound holds everything
-        let s = h.snapshot(&bounds);
+        let s = snapshot(&cells, &bounds);
         assert_eq!(s.cumulative, vec![1, 2, 4, 5, 6, 6]);
     }
 
@@ -276,9 +291,9 @@ mod tests {
 
     #[test]
     fn sum_is_exact_for_the_hand_built_event() {
-        let (h, b) = histogram();
-        h.observe(&b, nanos(Duration::from_millis(1500)));
-        assert_eq!(h.snapshot(&b).sum, 1.5);
+        let (cells, b) = histogram();
+        Histogram::over(&cells).observe(&b, nanos(Duration::from_millis(1500)));
+        assert_eq!(snapshot(&cells, &b).sum, 1.5);
     }
 
     #[test]

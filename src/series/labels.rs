@@ -27,7 +27,14 @@ type Shard<S> = RwLock<HashTable<(Arc<str>, Arc<Slot<S>>)>>;
 #[derive(Debug)]
 pub(crate) struct Slot<S> {
     shared: S,
-    parts: RwLock<Vec<Arc<S>>>,
+    parts: RwLock<Vec<S>>,
+}
+
+/// A handle on the cells of some series: a writer keeps one as its part of a [`Slot`], the
+/// slot keeps a clone for readers, and both reach the cells in one step.
+pub(crate) trait Part: Clone {
+    /// Whether both handles share their cells.
+    fn is(&self, other: &Self) -> bool;
 }
 
 impl<S> Slot<S> {
@@ -44,30 +51,32 @@ impl<S> Slot<S> {
         &self.shared
     }
 
+    /// Calls `read` with the shared series and every part.
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&S, &[S]) -> T) -> T {
+        let parts = self.parts.read().unwrap_or_else(|p| p.into_inner());
+        read(&self.shared, &parts)
+    }
+}
+
+impl<S: Part> Slot<S> {
     /// A new part, made by `make`, for one writer to keep.
-    pub(crate) fn new_part(&self, make: impl FnOnce() -> S) -> Arc<S> {
-        let part = Arc::new(make());
+    pub(crate) fn new_part(&self, make: impl FnOnce() -> S) -> S {
+        let part = make();
         self.parts
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Arc::clone(&part));
+            .push(part.clone());
         part
     }
 
     /// Adds `part` into the shared series with `absorb` and forgets it; readers see it in one
     /// place or the other, never both.
-    pub(crate) fn retire_part(&self, part: &Arc<S>, absorb: impl FnOnce(&S, &S)) {
+    pub(crate) fn retire_part(&self, part: &S, absorb: impl FnOnce(&S, &S)) {
         let mut parts = self.parts.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = parts.iter().position(|p| Arc::ptr_eq(p, part)) {
+        if let Some(at) = parts.iter().position(|p| p.is(part)) {
             absorb(&self.shared, part);
             parts.swap_remove(at);
         }
-    }
-
-    /// Calls `read` with the shared series and every part.
-    pub(crate) fn read<T>(&self, read: impl FnOnce(&S, &[Arc<S>]) -> T) -> T {
-        let parts = self.parts.read().unwrap_or_else(|p| p.into_inner());
-        read(&self.shared, &parts)
     }
 }
 
