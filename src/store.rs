@@ -744,29 +744,23 @@ impl<R: Record> Store<R> {
         let mut end = Some(end);
         // Filled under the lock, freed after it: freeing is the slowest part.
         let mut freed: Freed<R> = [None, None];
+        // While one thread records, its home shard holds every record in flight and none is
+        // claimed: one lock, no claims to release.
+        if let Some(home) = self.sole_home() {
+            let mut guard = self.lock(home);
+            if self.claims.is_none() || self.mode() == Mode::OneRecorder {
+                let steal = self
+                    .finish_in(home, &mut guard, hash, key, &mut end, &mut freed)
+                    .ok_or_else(|| unknown(task_id))?;
+                drop(guard);
+                if let Some(steal) = steal {
+                    self.evict_elsewhere(steal);
+                }
+                return Ok(());
+            }
+        }
         let found = self.with_in_flight(hash, |index, shard| {
-            let mut entry = shard
-                .in_flight
-                .find_entry(hash, |r| key.is(r.task_id()))
-                .ok()?;
-            // Finished, counted and aggregated in the table, then moved out whole: read in its
-            // new place in the ring, or changed there, its fields would be read straight after
-            // the wide stores of the move (or the move would read them straight after theirs).
-            (end.take()?)(entry.get_mut());
-            let finished = entry.get();
-            R::account(&mut shard.totals, finished);
-            let ended = finished.end_mono();
-            shard
-                .publishers
-                .aggregate(&self.dispatcher, &shard.names, &shard.finished, finished);
-            let (record, _) = entry.remove();
-            let place = Place {
-                index,
-                fronts: &self.fronts,
-            };
-            let steal = shard.keep(record, ended, &self.budget, place, &mut freed);
-            self.mark_front(index, shard);
-            Some(steal)
+            self.finish_in(index, shard, hash, key, &mut end, &mut freed)
         });
         let Some((steal, index, claimed)) = found else {
             return Err(unknown(task_id));
@@ -781,6 +775,55 @@ impl<R: Record> Store<R> {
         }
         // `freed` is dropped here, after the lock.
         Ok(())
+    }
+
+    /// The shard that holds every record in flight while one thread records.
+    #[inline]
+    fn sole_home(&self) -> Option<usize> {
+        if self.claims.is_none() {
+            return Some(0);
+        }
+        if self.mode() != Mode::OneRecorder {
+            return None;
+        }
+        let first = self.first_home.load(Ordering::Acquire);
+        (first != NO_HOME).then_some(first)
+    }
+
+    /// Finishes the record with this id in `shard` (locked, at `index`) with `end`, if the
+    /// record is there (`end` is taken only then: the caller may look in several shards).
+    #[inline(always)]
+    fn finish_in(
+        &self,
+        index: usize,
+        shard: &mut Shard<R>,
+        hash: u64,
+        key: TaskKey<'_>,
+        end: &mut Option<impl FnOnce(&mut R)>,
+        freed: &mut Freed<R>,
+    ) -> Option<Option<Steal>> {
+        let mut entry = shard
+            .in_flight
+            .find_entry(hash, |r| key.is(r.task_id()))
+            .ok()?;
+        // Finished, counted and aggregated in the table, then moved out whole: read in its
+        // new place in the ring, or changed there, its fields would be read straight after
+        // the wide stores of the move (or the move would read them straight after theirs).
+        (end.take()?)(entry.get_mut());
+        let finished = entry.get();
+        R::account(&mut shard.totals, finished);
+        let ended = finished.end_mono();
+        shard
+            .publishers
+            .aggregate(&self.dispatcher, &shard.names, &shard.finished, finished);
+        let (record, _) = entry.remove();
+        let place = Place {
+            index,
+            fronts: &self.fronts,
+        };
+        let steal = shard.keep(record, ended, &self.budget, place, freed);
+        self.mark_front(index, shard);
+        Some(steal)
     }
 
     /// Evicts the oldest records of another shard, for room a shard made for its own.
