@@ -279,7 +279,7 @@ pub(crate) struct OperationSlot {
 impl OperationSlot {
     const SENT: usize = 0;
     const RECEIVED: usize = 1;
-    /// Then the failed count: operations by status, completed and failed.
+    /// Operations completed; the cell after it counts those that failed.
     const COMPLETED: usize = 2;
     const LATENCY: usize = 4;
 
