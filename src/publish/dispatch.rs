@@ -366,7 +366,9 @@ impl<R: Record> PublisherCache<R> {
     ///
     /// A change of the publisher set shows here first: what the ring holds and was not handed
     /// over goes to the publishers it finished for, this record and later ones to the new set.
-    #[inline]
+    // Always inlined, as `Shard::keep` is and for the same reason: `Store::finish` has two
+    // paths to it.
+    #[inline(always)]
     pub(crate) fn aggregate(
         &mut self,
         dispatcher: &Dispatcher,
