@@ -303,7 +303,7 @@ impl<R: Record> Shard<R> {
 
     /// Evicts this shard's oldest retained record; returns whether it had one. See
     /// [`Ring::pop_front`] for `freed`.
-    #[inline]
+    #[inline(always)]
     fn evict_oldest(&mut self, freed: &mut Option<Segment<R>>) -> bool {
         if let Some(index) = &mut self.index {
             if let Some(oldest) = self.finished.front() {
@@ -532,6 +532,9 @@ impl<R: Record> Store<R> {
         thread_turn() & self.shard_mask
     }
 
+    // Always inlined, with `Shard::evict_oldest`: both run on every finish, and as calls they
+    // cost about 4 ns per event.
+    #[inline(always)]
     fn mark_front(&self, index: usize, shard: &Shard<R>) {
         let front = shard.front_mono();
         if self.fronts[index].load(Ordering::Relaxed) != front {
