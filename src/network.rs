@@ -324,7 +324,8 @@ impl Record for NetworkRecord {
     type Slot = crate::series::OperationSlot;
 
     #[cfg(feature = "series")]
-    #[inline]
+    // Kept out of line, as `EventRecord`'s (see there).
+    #[inline(never)]
     fn aggregate(
         &self,
         series: &crate::series::PipelineSeries,
