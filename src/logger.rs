@@ -50,6 +50,24 @@ impl Default for TelemetryLogger {
     }
 }
 
+struct EventEnd {
+    now: u64,
+    error: Option<crate::record::ErrorText>,
+}
+
+impl EventEnd {
+    #[inline(always)]
+    fn fill(&mut self, record: &mut EventRecord) {
+        record.duration_ns = self.now.saturating_sub(record.start_mono);
+        record.status = if self.error.is_some() {
+            Status::Failed
+        } else {
+            Status::Completed
+        };
+        record.error = self.error.take();
+    }
+}
+
 impl TelemetryLogger {
     /// A logger with the [default configuration](TelemetryConfig::default) and no publishers.
     pub fn new() -> Self {
@@ -109,17 +127,11 @@ impl TelemetryLogger {
     /// [`TelemetryError::UnknownTask`] if no event with this id is in flight, including one
     /// already ended: an event is counted and published once.
     pub fn end_event(&self, task_id: &str, error: Option<&str>) -> Result<(), TelemetryError> {
-        let now = self.store.mono_now();
-        let error = error.map(cut_error);
-        self.store.finish(task_id, |record| {
-            record.duration_ns = now.saturating_sub(record.start_mono);
-            record.status = if error.is_some() {
-                Status::Failed
-            } else {
-                Status::Completed
-            };
-            record.error = error;
-        })
+        let mut end = EventEnd {
+            now: self.store.mono_now(),
+            error: error.map(cut_error),
+        };
+        self.store.finish(task_id, |record| end.fill(record))
     }
 
     /// Records a retry of an in-flight event and returns its retry count so far.

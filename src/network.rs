@@ -45,6 +45,24 @@ impl Default for NetworkTelemetry {
     }
 }
 
+struct OperationEnd {
+    now: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    error: Option<crate::record::ErrorText>,
+}
+
+impl OperationEnd {
+    #[inline(always)]
+    fn fill(&mut self, record: &mut NetworkRecord) {
+        record.duration_ns = self.now.saturating_sub(record.start_mono);
+        record.bytes_sent = self.bytes_sent;
+        record.bytes_received = self.bytes_received;
+        record.error = self.error.take();
+        record.ended = true;
+    }
+}
+
 impl NetworkTelemetry {
     /// Network telemetry with the [default configuration](TelemetryConfig::default).
     pub fn new() -> Self {
@@ -108,15 +126,13 @@ impl NetworkTelemetry {
         bytes_received: u64,
         error: Option<&str>,
     ) -> Result<(), TelemetryError> {
-        let now = self.store.mono_now();
-        let error = error.map(cut_error);
-        self.store.finish(task_id, |record| {
-            record.duration_ns = now.saturating_sub(record.start_mono);
-            record.bytes_sent = bytes_sent;
-            record.bytes_received = bytes_received;
-            record.error = error;
-            record.ended = true;
-        })
+        let mut end = OperationEnd {
+            now: self.store.mono_now(),
+            bytes_sent,
+            bytes_received,
+            error: error.map(cut_error),
+        };
+        self.store.finish(task_id, |record| end.fill(record))
     }
 
     /// The operation with this id: the one in flight, or else the newest retained one.

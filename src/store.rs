@@ -2,7 +2,8 @@
 //! [`NetworkTelemetry`](crate::NetworkTelemetry).
 //!
 //! Each thread keeps its records in its home shard (threads take the shards in turn), so
-//! threads recording at once do not write the same memory. Each shard is a mutex over:
+//! threads recording at once do not write the same memory. Each shard is a lock
+//! ([`ShardLock`]) over:
 //! - the in-flight records started on its threads (kept until ended: their number is the
 //!   caller's to bound),
 //! - the retained finished records, oldest first, in segments that queued publishers share
@@ -26,7 +27,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crossbeam_utils::CachePadded;
@@ -35,6 +36,16 @@ use hashbrown::HashTable;
 use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, InFlight, PublisherCache};
 use crate::publish::worker::{Batch, Run};
+
+/// A shard's lock: a spin lock whose waiters give their core away on every try. Its unlock is
+/// one plain store where `std`'s mutex swaps (a locked instruction, which waits for every
+/// store before it): an event with its network operation takes four shard locks, and this saves
+/// 3 to 5 ns of its ~180 (BENCHMARKS.md, session 10). The sections it guards on the recording
+/// path are short (one insert or remove, a ring push); the long holders, queries walking a
+/// shard and the delivery thread collecting, are rare. It does not poison: a panic while it
+/// is held cannot leave a record half-written (every change is one insert or remove).
+type ShardLock<T> = spin::mutex::SpinMutex<T, spin::relax::Yield>;
+type ShardGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T, spin::relax::Yield>;
 
 mod claims;
 mod interner;
@@ -371,7 +382,7 @@ impl Budget {
 
 /// A sharded store of records of one kind.
 pub(crate) struct Store<R: Record> {
-    shards: Box<[CachePadded<Mutex<Shard<R>>>]>,
+    shards: Box<[CachePadded<ShardLock<Shard<R>>>]>,
     /// Each shard's oldest finished record (its monotonic start), [`EMPTY`] for none: read by
     /// other shards choosing where to evict from.
     fronts: Box<[CachePadded<AtomicU64>]>,
@@ -485,7 +496,7 @@ impl<R: Record> Store<R> {
         let clock = quanta::Clock::new();
         Store {
             shards: (0..shards)
-                .map(|_| CachePadded::new(Mutex::new(Shard::new(share))))
+                .map(|_| CachePadded::new(ShardLock::new(Shard::new(share))))
                 .collect(),
             fronts: (0..shards)
                 .map(|_| CachePadded::new(AtomicU64::new(EMPTY)))
@@ -521,10 +532,8 @@ impl<R: Record> Store<R> {
     }
 
     #[inline]
-    fn lock(&self, index: usize) -> MutexGuard<'_, Shard<R>> {
-        // A panic while holding a shard lock cannot leave a record half-written (every
-        // mutation is a single insert/remove), so a poisoned lock is safe to keep using.
-        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self, index: usize) -> ShardGuard<'_, Shard<R>> {
+        self.shards[index].lock()
     }
 
     #[inline]
@@ -885,7 +894,7 @@ impl<R: Record> Store<R> {
     pub(crate) fn select<T>(&self, mut pick: impl FnMut(&R, &Interner) -> Option<T>) -> Vec<T> {
         let mut picked = Vec::new();
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = shard.lock();
             for record in shard.in_flight.iter().chain(shard.finished.iter()) {
                 if let Some(t) = pick(record, &shard.names) {
                     picked.push((record.start_mono(), t));
@@ -903,7 +912,7 @@ impl<R: Record> Store<R> {
         let mut all = R::Totals::default();
         let mut in_flight = 0;
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = shard.lock();
             R::merge(&mut all, &shard.totals);
             in_flight += shard.in_flight.len();
             shard.in_flight.iter().for_each(&mut visit);
@@ -920,10 +929,7 @@ impl<R: Record> Store<R> {
     }
 
     fn sum(&self, f: impl Fn(&Shard<R>) -> usize) -> usize {
-        self.shards
-            .iter()
-            .map(|s| f(&s.lock().unwrap_or_else(|p| p.into_inner())))
-            .sum()
+        self.shards.iter().map(|s| f(&s.lock())).sum()
     }
 
     /// Forgets every record and total (publishers stay attached).
@@ -934,7 +940,7 @@ impl<R: Record> Store<R> {
             claims.clear();
         }
         for (index, shard) in self.shards.iter().enumerate() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut shard = shard.lock();
             let share = shard.share;
             *shard = Shard::new(share);
             self.mark_front(index, &shard);
@@ -954,10 +960,10 @@ impl<R: Record> InFlight for Store<R> {
         let ended_before = (!wait).then(|| self.mono_now().saturating_sub(COLLECT_AGE_NS));
         for shard in self.shards.iter() {
             let guard = if wait {
-                Some(shard.lock().unwrap_or_else(|p| p.into_inner()))
+                Some(shard.lock())
             } else {
                 // A busy shard hands its batch over itself, soon.
-                shard.try_lock().ok()
+                shard.try_lock()
             };
             if let Some(mut guard) = guard {
                 let shard = &mut *guard;
@@ -1051,7 +1057,7 @@ mod tests {
         assert_eq!(s.retained_len(), 1000);
         let mut capacity = 0;
         for shard in s.shards.iter() {
-            let shard = shard.lock().unwrap();
+            let shard = shard.lock();
             capacity += shard.finished.capacity();
             assert!(shard.index.is_none(), "nothing was looked up");
         }
@@ -1085,7 +1091,7 @@ mod tests {
         assert_eq!(s.get("t5", |r, _| r.start_mono), Some(75));
         assert_eq!(s.get("t60", |r, _| r.start_mono), Some(60));
         assert_eq!(s.get("t2", |r, _| r.start_mono), Some(72));
-        let shard = s.shards[0].lock().unwrap();
+        let shard = s.shards[0].lock();
         assert_eq!(shard.index.as_ref().unwrap().len(), shard.finished.len());
     }
 
