@@ -9,7 +9,7 @@ use crate::error::TelemetryError;
 use crate::publish::dispatch::{Dispatcher, StoreKind};
 use crate::publish::worker::{Batch, Run};
 use crate::publish::{MetricsPublisher, PublishError, PublisherStats};
-use crate::record::{cut_error, EventMetrics, EventRecord, Status};
+use crate::record::{cut_error, ErrorText, EventMetrics, EventRecord, Status};
 use crate::report::{EventCounts, RetryStats};
 use crate::store::{Names, Record, Store, TaskId};
 
@@ -50,9 +50,11 @@ impl Default for TelemetryLogger {
     }
 }
 
+/// What [`TelemetryLogger::end_event`] writes into its record once the store finds it,
+/// borrowed whole by `finish`'s closure (why: [`crate::network`]'s `OperationEnd`).
 struct EventEnd {
     now: u64,
-    error: Option<crate::record::ErrorText>,
+    error: Option<ErrorText>,
 }
 
 impl EventEnd {
